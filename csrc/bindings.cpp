@@ -1,0 +1,75 @@
+// genengine._C: the CPU kernels. Tensors cross the boundary as raw data pointers (the Python side
+// has already checked shapes, dtypes, devices and made them contiguous), so the module does not
+// link libtorch: it builds in seconds and survives torch upgrades. Every entry point releases the
+// GIL while it runs.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cpu/diffusion.h"
+#include "cpu/parallel.h"
+
+namespace py = pybind11;
+
+namespace {
+
+void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+void sampler_step(int dtype, int64_t n, int64_t inner, uintptr_t out, uintptr_t x0_out,
+                  uintptr_t x, uintptr_t cond, uintptr_t uncond, uintptr_t prev,
+                  uintptr_t guidance_per_sample, float guidance, float kx, float kp, float ax,
+                  float ap, float a0, float aprev, float anoise, bool clip, float clip_lo,
+                  float clip_hi, uint64_t seed, uint64_t offset) {
+  ge::StepArgs a;
+  a.dtype = dtype;
+  a.n = n;
+  a.inner = inner > 0 ? inner : 1;
+  a.out = ptr(out);
+  a.x0_out = ptr(x0_out);
+  a.x = ptr(x);
+  a.cond = ptr(cond);
+  a.uncond = ptr(uncond);
+  a.prev = ptr(prev);
+  a.guidance_per_sample = static_cast<const float*>(ptr(guidance_per_sample));
+  a.guidance = guidance;
+  a.k = ge::StepCoefs{kx, kp, ax, ap, a0, aprev, anoise, clip_lo, clip_hi, clip ? 1 : 0};
+  a.noise = anoise != 0.0f;
+  a.key = ge::make_philox_key(seed, offset);
+  ge::sampler_step(a);
+}
+
+std::string build_flags() {
+#ifdef GE_BUILD_FLAGS
+  return GE_BUILD_FLAGS;
+#else
+  return "";
+#endif
+}
+
+std::string isa() {
+#if defined(GE_NATIVE)
+  return "native";
+#elif defined(__x86_64__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "x86-64 + haswell clone (avx2)" : "x86-64 baseline";
+#else
+  return "generic";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "genengine CPU kernels (C++17, no libtorch link)";
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("sampler_step", &sampler_step, nogil);
+  m.def("philox_fill",
+        [](int kind, uintptr_t out, int64_t n, uint64_t seed, uint64_t offset) {
+          ge::philox_fill(kind, ptr(out), n, seed, offset);
+        },
+        nogil);
+  m.def("set_num_threads", &ge::set_num_threads, nogil);
+  m.def("get_num_threads", &ge::get_num_threads);
+  m.def("build_flags", &build_flags);
+  m.def("isa", &isa);
+}

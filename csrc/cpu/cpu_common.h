@@ -1,0 +1,74 @@
+// Helpers shared by the CPU kernels: dtype codes and conversions, runtime ISA dispatch, and a
+// batched (vectorisable) Philox normal generator.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "../common/philox.h"
+
+// Hot loops are compiled twice, for baseline x86-64 and for Haswell-class CPUs (AVX2, FMA, F16C),
+// and the loader picks one at run time (GCC function multiversioning): the default build runs on
+// any x86-64 machine. With GENENGINE_NATIVE=1 the whole module is built for the build machine.
+// Usage: GE_MULTIVERSIONED((void f(int a, int b)), { body })
+#define GE_STRIP(...) __VA_ARGS__
+#if defined(__x86_64__) && !defined(GE_NATIVE) && defined(__GNUC__) && !defined(__clang__)
+#define GE_MULTIVERSIONED(decl, ...)                                  \
+  __attribute__((target("default"))) GE_STRIP decl __VA_ARGS__       \
+  __attribute__((target("avx2,fma,f16c"))) GE_STRIP decl __VA_ARGS__
+#else
+#define GE_MULTIVERSIONED(decl, ...) GE_STRIP decl __VA_ARGS__
+#endif
+
+namespace ge {
+
+enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+// Scalar conversions; loops over them vectorise. float16 goes through _Float16, which GCC lowers to
+// F16C instructions in the Haswell clone.
+struct BF16 { uint16_t bits; };
+using F16 = _Float16;
+
+inline float to_float(float v) { return v; }
+inline float to_float(F16 v) { return float(v); }
+inline float to_float(BF16 v) {
+  const uint32_t b = uint32_t(v.bits) << 16;
+  float f; std::memcpy(&f, &b, 4); return f;
+}
+
+template <typename T> inline T from_float(float v);
+template <> inline float from_float<float>(float v) { return v; }
+template <> inline F16 from_float<F16>(float v) { return F16(v); }
+template <> inline BF16 from_float<BF16>(float v) {
+  uint32_t b; std::memcpy(&b, &v, 4);
+  // round to nearest even; NaN stays NaN (quiet bit forced)
+  const bool nan = (b & 0x7FFFFFFFu) > 0x7F800000u;
+  const uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+  return BF16{uint16_t(nan ? ((b >> 16) | 0x40u) : rounded)};
+}
+
+// Normals number [4 * block0, 4 * (block0 + n_blocks)) of the stream `key`, written to z.
+inline __attribute__((always_inline)) void philox_normals(const PhiloxKey& key, uint64_t block0,
+                                                          int n_blocks, float* __restrict z) {
+  constexpr int kMax = 64;
+  uint32_t w0[kMax], w1[kMax], w2[kMax], w3[kMax];
+  float z0[kMax], z1[kMax], z2[kMax], z3[kMax];
+  const uint32_t lo0 = uint32_t(block0), hi0 = uint32_t(block0 >> 32);
+  for (int j = 0; j < n_blocks; ++j) {
+    const uint32_t lo = lo0 + uint32_t(j);
+    const uint32_t hi = hi0 + (lo < lo0 ? 1u : 0u);
+    uint32_t w[4];
+    philox4x32_10(lo, hi, key.o0, key.o1, key.k0, key.k1, w);
+    w0[j] = w[0]; w1[j] = w[1]; w2[j] = w[2]; w3[j] = w[3];
+  }
+  for (int j = 0; j < n_blocks; ++j) {
+    box_muller(w0[j], w1[j], &z0[j], &z1[j]);
+    box_muller(w2[j], w3[j], &z2[j], &z3[j]);
+  }
+  for (int j = 0; j < n_blocks; ++j) {
+    z[4 * j] = z0[j]; z[4 * j + 1] = z1[j]; z[4 * j + 2] = z2[j]; z[4 * j + 3] = z3[j];
+  }
+}
+
+constexpr int kNormalBatch = 256;  // elements per batch of philox_normals (64 blocks)
+
+}  // namespace ge
