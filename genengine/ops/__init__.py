@@ -1,0 +1,19 @@
+"""genengine.ops: the public fused operations (checks, backend dispatch, torch.library registration).
+
+Every op takes `backend="auto"|"torch"|"cpp"|"triton"|"cuda"`; see genengine._backends.
+"""
+
+from .diffusion import ddim_step, ddpm_step, dpmpp_2m_step, euler_ancestral_step, euler_step
+from .rng import draw_key, philox_normal, philox_uniform, philox_words
+
+__all__ = [
+    "ddpm_step",
+    "ddim_step",
+    "euler_step",
+    "euler_ancestral_step",
+    "dpmpp_2m_step",
+    "draw_key",
+    "philox_words",
+    "philox_uniform",
+    "philox_normal",
+]

@@ -1,0 +1,512 @@
+"""Fused diffusion sampler steps: one pass over the latent per step.
+
+Each public step folds its sampler's formula into per-step coefficients (computed here, in float64,
+from the scalars) and runs one generic fused kernel that does, per element:
+    p   = uncond + w * (model_out - uncond)          classifier-free guidance (p = model_out without)
+    x0  = kx * x + kp * p, clamped when clipping     prediction conversion (epsilon / v / x0)
+    out = ax * x + ap * p + a0 * x0 + aprev * prev_x0 + anoise * z,  z ~ N(0, 1) (Philox, in-kernel)
+(see csrc/common/step.h). The plain-PyTorch formulas these must equal live in
+genengine/reference/diffusion.py.
+
+Shapes: x is any shape whose first dimension is the batch B (latents (B, C, H, W), video
+(B, C, T, H, W), audio (B, C, L), or even 1-D). model_out is x's shape, or (2B, ...) with the
+unconditional half first (`torch.cat([uncond, cond])`, the order diffusers' `.chunk(2)` expects);
+uncond, prev_x0 and out are x's shape. guidance_scale is a number or a tensor with one weight per
+sample (shape (), (1,), (B,) or (B, 1, ..., 1)). x, model_out, uncond and prev_x0 share one dtype
+(float32, bfloat16 or float16 on every backend; float64 too on the torch reference) and one
+device; the math runs in float32.
+
+Scalars (alpha_bar_t, sigma, ...) are Python numbers or one-element tensors (a CUDA tensor here
+costs a device sync: precompute schedules on the host).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .. import _backends
+from ..reference import diffusion as ref
+from . import rng
+
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_PREDICTIONS = {"epsilon": "epsilon", "v": "v", "v_prediction": "v", "x0": "x0", "sample": "x0"}
+_SUPPORTED = ("torch", "cpp", "triton", "cuda")
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _scalar(name, v):
+    if type(v) is float:
+        f = v
+    elif isinstance(v, bool) or v is None:
+        raise TypeError(f"{name}: expected a real number, got {v!r}")
+    elif isinstance(v, (int, float)):
+        f = float(v)
+    elif isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            raise ValueError(f"{name}: expected a number or a one-element tensor, got a tensor of shape {tuple(v.shape)}")
+        f = float(v)
+    else:
+        try:
+            f = float(v)  # numpy scalars
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected a real number, got {type(v).__name__}") from None
+    if f != f or f in (math.inf, -math.inf):
+        raise ValueError(f"{name}: expected a finite number, got {f}")
+    return f
+
+
+def _prediction(prediction):
+    p = _PREDICTIONS.get(prediction) if isinstance(prediction, str) else None
+    if p is None:
+        raise ValueError(f"prediction: expected 'epsilon', 'v' or 'x0' (or 'v_prediction', 'sample'), got {prediction!r}")
+    return p
+
+
+def _clip_range(clip_x0):
+    """(clip?, lo, hi) from None, a positive bound c (meaning [-c, c]) or a (lo, hi) pair."""
+    if clip_x0 is None or clip_x0 is False:
+        return False, 0.0, 0.0
+    if isinstance(clip_x0, (tuple, list)):
+        if len(clip_x0) != 2:
+            raise ValueError(f"clip_x0: expected a bound c or a (lo, hi) pair, got {clip_x0!r}")
+        lo, hi = _scalar("clip_x0", clip_x0[0]), _scalar("clip_x0", clip_x0[1])
+    else:
+        c = _scalar("clip_x0", clip_x0)
+        if c <= 0:
+            raise ValueError(f"clip_x0: a single bound must be positive (the range is [-c, c]), got {c}")
+        lo, hi = -c, c
+    if not lo < hi:
+        raise ValueError(f"clip_x0: expected lo < hi, got ({lo}, {hi})")
+    return True, lo, hi
+
+
+def _check_tensor(name, t, x):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"{name}: dtype {t.dtype} does not match x's dtype {x.dtype}")
+    if t.device != x.device:
+        raise ValueError(f"{name}: on device {t.device}, but x is on {x.device}")
+
+
+def _check_same_shape(name, t, x):
+    _check_tensor(name, t, x)
+    if t.shape != x.shape:
+        raise ValueError(f"{name}: expected shape {tuple(x.shape)} (x's shape), got {tuple(t.shape)}")
+
+
+def _guidance(guidance_scale, x, batch):
+    """(scalar weight, per-sample float32 [B] tensor or None)."""
+    if not isinstance(guidance_scale, torch.Tensor):
+        return _scalar("guidance_scale", guidance_scale), None
+    g = guidance_scale
+    if g.device != x.device:
+        raise ValueError(f"guidance_scale: on device {g.device}, but x is on {x.device}")
+    if not (g.is_floating_point() or g.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"guidance_scale: expected a floating-point tensor, got {g.dtype}")
+    shape = tuple(g.shape)
+    per_sample = (
+        g.dim() == 0
+        or shape == (1,)
+        or (g.dim() <= x.dim() and shape[0] in (1, batch) and all(s == 1 for s in shape[1:]))
+    )
+    if not per_sample:
+        raise ValueError(
+            f"guidance_scale: expected a number or one weight per sample, shape (), (1,), ({batch},) or "
+            f"({batch}, 1, ...); got shape {shape}, which does not broadcast per sample over x {tuple(x.shape)}"
+        )
+    return 1.0, g.reshape(-1).to(torch.float32).expand(batch).contiguous()
+
+
+def _contig(t):
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# the generic fused step: argument plumbing, backend dispatch, torch.library registration
+
+
+class _Step:
+    """Per-step coefficients (see the module docstring) and what the kernel must read and write."""
+
+    __slots__ = ("kx", "kp", "ax", "ap", "a0", "aprev", "anoise", "clip", "lo", "hi", "want_x0", "uses_prev")
+
+    def __init__(self, kx, kp, ax, ap, a0, aprev=0.0, anoise=0.0, clip=(False, 0.0, 0.0), want_x0=False):
+        self.clip, self.lo, self.hi = clip
+        self.want_x0 = want_x0
+        if not self.clip and not want_x0 and a0 != 0.0:
+            # x0 is linear in (x, p): fold it into their coefficients, in float64
+            ax, ap, a0, kx, kp = ax + a0 * kx, ap + a0 * kp, 0.0, 0.0, 0.0
+        self.kx, self.kp, self.ax, self.ap, self.a0, self.aprev, self.anoise = kx, kp, ax, ap, a0, aprev, anoise
+        self.uses_prev = aprev != 0.0
+
+    @classmethod
+    def from_coefs(cls, coefs, clip, want_x0):
+        """Exactly these coefficients (no folding): what the registered op receives."""
+        step = cls.__new__(cls)
+        step.kx, step.kp, step.ax, step.ap, step.a0, step.aprev, step.anoise = coefs
+        step.clip, step.lo, step.hi = clip
+        step.want_x0 = want_x0
+        step.uses_prev = step.aprev != 0.0
+        return step
+
+    def coefs(self):
+        return [self.kx, self.kp, self.ax, self.ap, self.a0, self.aprev, self.anoise]
+
+
+def _split_model_out(x, model_out, uncond):
+    """(cond, uncond) views: model_out may hold [uncond; cond] stacked along the batch."""
+    if not isinstance(model_out, torch.Tensor):
+        raise TypeError(f"model_out: expected a torch.Tensor, got {type(model_out).__name__}")
+    _check_tensor("model_out", model_out, x)
+    if model_out.shape == x.shape:
+        if uncond is not None:
+            _check_same_shape("uncond", uncond, x)
+        return model_out, uncond
+    b = x.shape[0] if x.dim() else 0
+    if x.dim() and model_out.dim() == x.dim() and model_out.shape[0] == 2 * b and model_out.shape[1:] == x.shape[1:]:
+        if uncond is not None:
+            raise ValueError("uncond: model_out is already stacked [uncond; cond] (2x x's batch); do not pass uncond too")
+        return model_out[b:], model_out[:b]
+    raise ValueError(
+        f"model_out: expected x's shape {tuple(x.shape)} or the stacked [uncond; cond] shape "
+        f"({2 * b}, {', '.join(map(str, x.shape[1:]))}), got {tuple(model_out.shape)}"
+    )
+
+
+def _prepare(x, model_out, uncond, prev, guidance_scale, out, backend):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("x: expected at least one dimension (the batch), got a 0-d tensor")
+    cond, uncond = _split_model_out(x, model_out, uncond)
+    if prev is not None:
+        _check_same_shape("prev_x0", prev, x)
+    batch = x.shape[0]
+    w, w_per_sample = _guidance(guidance_scale, x, batch)
+    if uncond is None and (w_per_sample is not None or w != 1.0):
+        raise ValueError("guidance_scale: guidance needs the unconditional output (pass uncond, or a stacked model_out)")
+    if out is not None:
+        _check_same_shape("out", out, x)
+        if not out.is_contiguous():
+            raise ValueError("out: expected a contiguous tensor")
+        for name, t in (("model_out", model_out), ("uncond", uncond), ("prev_x0", prev)):
+            if t is not None and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+                raise ValueError(f"out: must not share memory with {name} (it may be x itself, for an in-place step)")
+    dtype_ok = x.dtype in _DTYPE_CODE
+    if not dtype_ok and x.dtype != torch.float64:
+        raise TypeError(f"x: expected float32, bfloat16, float16 (or float64 on the torch backend), got {x.dtype}")
+    name = _backends.resolve(backend, x.device.type, _SUPPORTED, dtype_ok)
+    return name, _contig(x), _contig(cond), _contig(uncond), _contig(prev), w, w_per_sample
+
+
+def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out):
+    n = x.numel()
+    if out is None:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    x0 = torch.empty_like(out) if step.want_x0 else None
+    if n == 0:
+        return out, x0
+    if name == "cpp":
+        _backends.load_cpp().sampler_step(
+            _DTYPE_CODE[x.dtype], n, n // x.shape[0], out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
+            x.data_ptr(), cond.data_ptr(), uncond.data_ptr() if uncond is not None else 0,
+            prev.data_ptr() if prev is not None else 0, w_per_sample.data_ptr() if w_per_sample is not None else 0,
+            w, step.kx, step.kp, step.ax, step.ap, step.a0, step.aprev, step.anoise, step.clip, step.lo, step.hi,
+            seed, offset,
+        )
+    elif name == "triton":
+        _backends.load_kernels("diffusion").sampler_step(
+            out, x0, x, cond, uncond, prev, w_per_sample, w, *step.coefs(), step.clip, step.lo, step.hi,
+            seed, offset, n // x.shape[0],
+        )
+    elif name == "cuda":
+        with torch.cuda.device(x.device):
+            stream = torch.cuda.current_stream(x.device).cuda_stream
+            _backends.load_cuda().sampler_step(
+                _DTYPE_CODE[x.dtype], n, n // x.shape[0], out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
+                x.data_ptr(), cond.data_ptr(), uncond.data_ptr() if uncond is not None else 0,
+                prev.data_ptr() if prev is not None else 0,
+                w_per_sample.data_ptr() if w_per_sample is not None else 0,
+                w, step.kx, step.kp, step.ax, step.ap, step.a0, step.aprev, step.anoise, step.clip, step.lo,
+                step.hi, seed, offset, stream,
+            )
+    else:
+        _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0)
+    return out, x0
+
+
+def _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0_out):
+    """The generic step in plain PyTorch (float64 math when x is float64, else float32)."""
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    xf, p = x.to(ct), cond.to(ct)
+    if uncond is not None:
+        u = uncond.to(ct)
+        wt = w_per_sample.to(ct).reshape(shape) if w_per_sample is not None else w
+        p = u + wt * (p - u)
+    x0 = step.kx * xf + step.kp * p
+    if step.clip:
+        x0 = x0.clamp(step.lo, step.hi)
+    r = step.ax * xf + step.ap * p + step.a0 * x0
+    if prev is not None and step.uses_prev:
+        r = r + step.aprev * prev.to(ct)
+    if step.anoise != 0.0:
+        z = rng.ref.philox_stream("normal", x.numel(), seed, offset, device=x.device).reshape(x.shape)
+        r = r + step.anoise * z.to(ct)
+    out.copy_(r)
+    if x0_out is not None:
+        x0_out.copy_(x0)
+
+
+def _signed64(v):
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _unsigned64(v):
+    return v + (1 << 64) if v < 0 else v
+
+
+@torch.library.custom_op("genengine::sampler_step", mutates_args=())
+def _sampler_step_op(
+    x: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    prev: torch.Tensor | None,
+    guidance: torch.Tensor | None,
+    guidance_scale: float,
+    coefs: list[float],
+    clip: bool,
+    clip_lo: float,
+    clip_hi: float,
+    write_x0: bool,
+    seed: int,
+    offset: int,
+    backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generic fused step as a torch.library op (what torch.compile and CUDA graphs see)."""
+    step = _Step.from_coefs(coefs, (clip, clip_lo, clip_hi), write_x0)
+    out, x0 = _launch(backend, step, x.contiguous(), cond.contiguous(), _contig(uncond), _contig(prev),
+                      guidance_scale, guidance, _unsigned64(seed), _unsigned64(offset), None)
+    return out, (x0 if x0 is not None else x.new_empty(0))
+
+
+@_sampler_step_op.register_fake
+def _(x, cond, uncond, prev, guidance, guidance_scale, coefs, clip, clip_lo, clip_hi, write_x0, seed, offset, backend):
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    return out, (torch.empty_like(out) if write_x0 else x.new_empty(0))
+
+
+def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, backend):
+    """Checks, backend choice, noise key, launch. `make_step()` builds the _Step after the checks."""
+    name, x, cond, uncond, prev, w, w_per_sample = _prepare(x, model_out, uncond, prev, guidance_scale, out, backend)
+    step = make_step()
+    seed = offset = 0
+    if step.anoise != 0.0:
+        seed, offset = rng.draw_key(generator, x.device)
+    if torch.compiler.is_compiling():
+        res, x0 = _sampler_step_op(x, cond, uncond, prev if step.uses_prev else None, w_per_sample, w, step.coefs(),
+                                   step.clip, step.lo, step.hi, step.want_x0, _signed64(seed), _signed64(offset), name)
+        if out is not None:
+            out.copy_(res)
+            res = out
+        return res, (x0 if step.want_x0 else None)
+    return _launch(name, step, x, cond, uncond, prev if step.uses_prev else None, w, w_per_sample, seed, offset, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-sampler coefficients
+
+
+def _vp_conversion(prediction, a):
+    """(kx, kp, ex, ep): x0 = kx x + kp p and eps = ex x + ep p, at cumulative alpha a."""
+    sa, sb = math.sqrt(a), math.sqrt(1.0 - a)
+    if prediction == "epsilon":
+        return 1.0 / sa, -sb / sa, 0.0, 1.0
+    if prediction == "v":
+        return sa, -sb, sb, sa
+    return 0.0, 1.0, 1.0 / sb, -sa / sb
+
+
+def _sigma_conversion(prediction, sigma):
+    """(kx, kp): x0 = kx x + kp p in sigma space (the model saw x / sqrt(sigma^2 + 1))."""
+    if prediction == "epsilon":
+        return 1.0, -sigma
+    if prediction == "v":
+        return 1.0 / (sigma * sigma + 1.0), -sigma / math.sqrt(sigma * sigma + 1.0)
+    return 0.0, 1.0
+
+
+def _alphas(alpha_bar_t, alpha_bar_prev):
+    a_t = _scalar("alpha_bar_t", alpha_bar_t)
+    a_prev = _scalar("alpha_bar_prev", alpha_bar_prev)
+    if not 0.0 < a_t < 1.0:
+        raise ValueError(f"alpha_bar_t: expected a cumulative alpha in (0, 1), got {a_t}")
+    if not 0.0 < a_prev <= 1.0:
+        raise ValueError(f"alpha_bar_prev: expected a cumulative alpha in (0, 1], got {a_prev}")
+    return a_t, a_prev
+
+
+def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
+              clip_x0=None, variance_type="fixed_small", generator=None, out=None, backend="auto"):
+    """One ancestral DDPM step (Ho et al. 2020) from cumulative alpha `alpha_bar_t` to `alpha_bar_prev`.
+
+    x_prev = c0 * x0 + cx * x + sigma * z with the posterior mean coefficients c0, cx and the posterior
+    variance ("fixed_small", or beta_t with "fixed_large"); no noise when alpha_bar_prev == 1 (the last
+    step), as in diffusers. Returns x_prev, shaped like x.
+    """
+    a_t, a_prev = _alphas(alpha_bar_t, alpha_bar_prev)
+    if a_prev < a_t:
+        raise ValueError(f"alpha_bar_prev: a DDPM step goes to less noise, so it must be >= alpha_bar_t ({a_t}), got {a_prev}")
+    pred = _prediction(prediction)
+    clip = _clip_range(clip_x0)
+    if variance_type not in ("fixed_small", "fixed_large"):
+        raise ValueError(f"variance_type: expected 'fixed_small' or 'fixed_large', got {variance_type!r}")
+
+    def make_step():
+        kx, kp, _, _ = _vp_conversion(pred, a_t)
+        alpha_t = a_t / a_prev
+        beta_t = 1.0 - alpha_t
+        c0 = math.sqrt(a_prev) * beta_t / (1.0 - a_t)
+        cx = math.sqrt(alpha_t) * (1.0 - a_prev) / (1.0 - a_t)
+        std = 0.0
+        if a_prev < 1.0:
+            var = (1.0 - a_prev) / (1.0 - a_t) * beta_t if variance_type == "fixed_small" else beta_t
+            std = math.sqrt(max(var, 1e-20))
+        return _Step(kx, kp, cx, 0.0, c0, anoise=std, clip=clip)
+
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend)[0]
+
+
+def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None, guidance_scale=1.0,
+              prediction="epsilon", clip_x0=None, use_clipped_model_output=False, generator=None, out=None,
+              backend="auto"):
+    """One DDIM step (Song et al. 2021) from cumulative alpha `alpha_bar_t` to `alpha_bar_prev`.
+
+    x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z with s = eta * sqrt(posterior variance);
+    eta = 0 is deterministic (and may go to more noise, for inversion). With clipping, eps is the
+    model's own unless `use_clipped_model_output`, which re-derives it from the clipped x0 (diffusers'
+    flag of the same name). Returns x_prev, shaped like x.
+    """
+    a_t, a_prev = _alphas(alpha_bar_t, alpha_bar_prev)
+    eta = _scalar("eta", eta)
+    if eta < 0:
+        raise ValueError(f"eta: expected eta >= 0, got {eta}")
+    pred = _prediction(prediction)
+    clip = _clip_range(clip_x0)
+    std = 0.0
+    if eta > 0:
+        if a_prev < a_t:
+            raise ValueError(f"alpha_bar_prev: with eta > 0 it must be >= alpha_bar_t ({a_t}), got {a_prev}")
+        std = eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))
+    direction_sq = 1.0 - a_prev - std * std
+    if direction_sq < 0:
+        raise ValueError(f"eta: {eta} makes the noise exceed the step's variance (1 - alpha_bar_prev - std^2 < 0)")
+
+    def make_step():
+        kx, kp, ex, ep = _vp_conversion(pred, a_t)
+        d = math.sqrt(direction_sq)
+        if use_clipped_model_output and clip[0]:
+            sb = math.sqrt(1.0 - a_t)
+            return _Step(kx, kp, d / sb, 0.0, math.sqrt(a_prev) - d * math.sqrt(a_t) / sb, anoise=std, clip=clip)
+        return _Step(kx, kp, d * ex, d * ep, math.sqrt(a_prev), anoise=std, clip=clip)
+
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend)[0]
+
+
+def _sigmas(sigma, sigma_next):
+    s = _scalar("sigma", sigma)
+    sn = _scalar("sigma_next", sigma_next)
+    if s <= 0:
+        raise ValueError(f"sigma: expected a noise level > 0, got {s}")
+    if sn < 0:
+        raise ValueError(f"sigma_next: expected a noise level >= 0, got {sn}")
+    return s, sn
+
+
+def euler_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
+               clip_x0=None, out=None, backend="auto"):
+    """One Euler step of the probability-flow ODE in sigma space (Karras et al. 2022, Algorithm 2 without churn).
+
+    x_next = x + (x - x0) / sigma * (sigma_next - sigma). Returns x_next, shaped like x.
+    """
+    s, sn = _sigmas(sigma, sigma_next)
+    pred = _prediction(prediction)
+    clip = _clip_range(clip_x0)
+
+    def make_step():
+        kx, kp = _sigma_conversion(pred, s)
+        r = sn / s
+        return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip)
+
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, None, out, backend)[0]
+
+
+def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
+                         clip_x0=None, generator=None, out=None, backend="auto"):
+    """One Euler ancestral step: an Euler step to sigma_down, then fresh noise of std sigma_up.
+
+    sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2), sigma_down = sqrt(sigma_next^2 -
+    sigma_up^2) (eta = 1, as in diffusers and k-diffusion). Returns x_next, shaped like x.
+    """
+    s, sn = _sigmas(sigma, sigma_next)
+    if sn > s:
+        raise ValueError(f"sigma_next: an ancestral step goes to less noise, so it must be <= sigma ({s}), got {sn}")
+    pred = _prediction(prediction)
+    clip = _clip_range(clip_x0)
+
+    def make_step():
+        kx, kp = _sigma_conversion(pred, s)
+        sigma_up = math.sqrt(sn * sn * (s * s - sn * sn) / (s * s))
+        sigma_down = math.sqrt(max(sn * sn - sigma_up * sigma_up, 0.0))
+        r = sigma_down / s
+        return _Step(kx, kp, r, 0.0, 1.0 - r, anoise=sigma_up, clip=clip)
+
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend)[0]
+
+
+def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=None, uncond=None,
+                  guidance_scale=1.0, prediction="epsilon", clip_x0=None, out=None, backend="auto"):
+    """One DPM-Solver++(2M) step in sigma space (Lu et al. 2022; the multistep midpoint form).
+
+    With the previous step's x0 (`prev_x0`, at noise level `sigma_prev`) the step is second order;
+    without it, or when sigma_next == 0, it is first order (then x_next = x0 at sigma 0).
+    Returns (x_next, x0): pass x0 back as `prev_x0` (and this sigma as `sigma_prev`) next step.
+    """
+    s, sn = _sigmas(sigma, sigma_next)
+    pred = _prediction(prediction)
+    clip = _clip_range(clip_x0)
+    second_order = prev_x0 is not None and sn > 0
+    if prev_x0 is not None:
+        if sigma_prev is None:
+            raise ValueError("sigma_prev: required with prev_x0 (the noise level prev_x0 was predicted at)")
+        sp = _scalar("sigma_prev", sigma_prev)
+        if not sp > s:
+            raise ValueError(f"sigma_prev: expected a noise level above sigma ({s}), got {sp}")
+        if sn >= s:
+            raise ValueError(f"sigma_next: a second-order step needs sigma_next < sigma ({s}), got {sn}")
+
+    def make_step():
+        kx, kp = _sigma_conversion(pred, s)
+        r = sn / s
+        if not second_order:
+            return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, want_x0=True)
+        h = math.log(s / sn)
+        ratio = math.log(sp / s) / h
+        a0 = (1.0 - r) * (1.0 + 1.0 / (2.0 * ratio))
+        aprev = -(1.0 - r) / (2.0 * ratio)
+        return _Step(kx, kp, r, 0.0, a0, aprev=aprev, clip=clip, want_x0=True)
+
+    return _run(x, model_out, uncond, prev_x0, guidance_scale, make_step, None, out, backend)
+
+
+__all__ = ["ddpm_step", "ddim_step", "euler_step", "euler_ancestral_step", "dpmpp_2m_step"]
+# the textbook formulas (genengine.reference.diffusion) are the specification; re-exported for users
+reference = ref
