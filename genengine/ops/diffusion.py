@@ -42,7 +42,7 @@ _SUPPORTED = ("torch", "cpp", "triton", "cuda")
 def _scalar(name, v):
     if type(v) is float:
         f = v
-    elif isinstance(v, bool) or v is None:
+    elif isinstance(v, (bool, str, bytes)) or v is None:
         raise TypeError(f"{name}: expected a real number, got {v!r}")
     elif isinstance(v, (int, float)):
         f = float(v)
@@ -259,8 +259,8 @@ def _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out,
     if prev is not None and step.uses_prev:
         r = r + step.aprev * prev.to(ct)
     if step.anoise != 0.0:
-        z = rng.ref.philox_stream("normal", x.numel(), seed, offset, device=x.device).reshape(x.shape)
-        r = r + step.anoise * z.to(ct)
+        z = rng.ref.philox_stream("normal", x.numel(), seed, offset, device=x.device, dtype=ct).reshape(x.shape)
+        r = r + step.anoise * z
     out.copy_(r)
     if x0_out is not None:
         x0_out.copy_(x0)

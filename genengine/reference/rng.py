@@ -64,10 +64,10 @@ def normals_from_words(w):
     return torch.stack([r * torch.cos(theta), r * torch.sin(theta)], dim=1).reshape(-1)
 
 
-def philox_stream(kind, n, seed, offset, device="cpu"):
-    """The stream as the public ops return it: kind "words" (int32), "uniform" or "normal" (float32)."""
+def philox_stream(kind, n, seed, offset, device="cpu", dtype=torch.float32):
+    """The stream as the public ops return it: kind "words" (int32), "uniform" or "normal" (`dtype`)."""
     w = philox_words_u32(n + (n & 1), seed, offset, device=device)
     if kind == "words":
         return torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)[:n]
     x = uniform_from_words(w) if kind == "uniform" else normals_from_words(w)
-    return x[:n].to(torch.float32)
+    return x[:n].to(dtype)
