@@ -36,7 +36,8 @@ NATIVE = bool(_flag("GENENGINE_NATIVE"))
 CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-math-errno", "-fvisibility=hidden", "-pthread"]
 if NATIVE:
     CXX_FLAGS += ["-march=native", "-DGE_NATIVE"]
-CXX_FLAGS.append('-DGE_BUILD_FLAGS="%s"' % " ".join(f for f in CXX_FLAGS if not f.startswith("-DGE_")))
+_shown_flags = " ".join(f for f in CXX_FLAGS if not f.startswith("-DGE_"))
+CXX_FLAGS.append(f'-DGE_BUILD_FLAGS="{_shown_flags}"')
 
 
 def _find_nvcc():

@@ -25,24 +25,28 @@ class BackendUnavailableError(RuntimeError):
     """A backend was asked for by name but cannot run here."""
 
 
-@functools.lru_cache(maxsize=None)
-def load_cpp():
-    """The CPU extension module, or the ImportError that prevented loading it."""
+def _import_cpp():
     try:
         from genengine import _C
     except ImportError as e:  # not built (e.g. a source tree without build_ext)
         return e
-    _C.set_num_threads(_torch_threads())
+    import torch
+
+    _C.set_num_threads(max(1, torch.get_num_threads()))  # follow torch's thread setting
     return _C
 
 
-def _torch_threads():
-    import torch
+# loaded at import so that nothing on the dispatch path imports or calls torch (torch.compile
+# traces the dispatch code)
+_CPP = _import_cpp()
 
-    return max(1, torch.get_num_threads())
+
+def load_cpp():
+    """The CPU extension module, or the ImportError that prevented loading it."""
+    return _CPP
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_cuda():
     """The CUDA extension module if it was built and a GPU is usable, else the reason why not."""
     try:
@@ -66,7 +70,7 @@ def triton_interpret():
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_triton():
     try:
         import triton  # noqa: F401
@@ -80,8 +84,18 @@ def load_kernels(name):
     return importlib.import_module(f"genengine.kernels.{name}")
 
 
+_reasons = {}
+
+
 def unavailable_reason(backend, device_type):
     """None when `backend` can run on tensors of `device_type` here, else a sentence saying why not."""
+    key = (backend, device_type, triton_interpret())
+    if key not in _reasons:
+        _reasons[key] = _unavailable_reason(backend, device_type)
+    return _reasons[key]
+
+
+def _unavailable_reason(backend, device_type):
     if backend == "torch":
         if device_type == "cuda":
             import torch
@@ -151,5 +165,6 @@ def resolve(backend, device_type, supported=BACKENDS, dtype_ok=True):
 
 
 def clear_cache():
-    """Forget cached auto choices (after changing TRITON_INTERPRET or devices in-process)."""
+    """Forget cached availability and auto choices (after changing devices or installs in-process)."""
     _resolved.clear()
+    _reasons.clear()

@@ -484,6 +484,7 @@ def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=N
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
     second_order = prev_x0 is not None and sn > 0
+    sp = None
     if prev_x0 is not None:
         if sigma_prev is None:
             raise ValueError("sigma_prev: required with prev_x0 (the noise level prev_x0 was predicted at)")

@@ -39,8 +39,12 @@ def clip(x0, clip_x0):
     return x0.clamp(lo, hi)
 
 
+_ALIASES = {"v_prediction": "v", "sample": "x0"}
+
+
 def vp_x0_eps(x, pred, alpha_bar, prediction):
     """(x0, eps) from a model prediction in the variance-preserving parameterisation."""
+    prediction = _ALIASES.get(prediction, prediction)
     a = alpha_bar
     if prediction == "epsilon":
         return (x - math.sqrt(1 - a) * pred) / math.sqrt(a), pred
@@ -51,6 +55,7 @@ def vp_x0_eps(x, pred, alpha_bar, prediction):
 
 def sigma_x0(x, pred, sigma, prediction):
     """x0 from a model prediction in sigma space (the model saw x / sqrt(sigma^2 + 1))."""
+    prediction = _ALIASES.get(prediction, prediction)
     if prediction == "epsilon":
         return x - sigma * pred
     if prediction == "v":

@@ -1,0 +1,90 @@
+"""python -m genengine.bench [--ops diffusion ...] [--device cpu|cuda] [--quick] [--json FILE]
+                           [--backends cpp,torch,...] [--dtypes float32,...]
+
+Measures this machine's ceilings (copy bandwidth at each row's byte count, float32 matmul rate),
+then times every op on every available backend against the plain-PyTorch textbook expression of
+the same op, interleaved, and prints one aligned table per op family (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+
+import torch
+
+from . import diffusion
+from .harness import Ceilings
+
+OPS = {"diffusion": diffusion.run}
+
+
+class Context:
+    def __init__(self, args):
+        self.device = torch.device(args.device)
+        self.quick = args.quick
+        self.backends = _csv(args.backends)
+        self.dtypes = _csv(args.dtypes)
+        self.ceilings = Ceilings(self.device, budget_s=0.1 if args.quick else 0.5)
+
+    @staticmethod
+    def print(*a):
+        print(*a, flush=True)
+
+
+def _csv(s):
+    return [p.strip() for p in s.split(",") if p.strip()] if s else None
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m genengine.bench", description=__doc__.split("\n\n")[1])
+    p.add_argument("--ops", nargs="+", choices=sorted(OPS), default=sorted(OPS), help="op families to time")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="few repeats (a CI smoke run, well under a minute)")
+    p.add_argument("--json", metavar="FILE", help="also write the table, ceilings and machine info as JSON")
+    p.add_argument("--backends", help="comma-separated genengine backends to time (default: all available); "
+                   "the torch-textbook reference is always timed")
+    p.add_argument("--dtypes", help="comma-separated dtypes (default: float32; on CUDA also bfloat16)")
+    args = p.parse_args(argv)
+    for name in _csv(args.backends) or ():
+        if name not in ("torch", "cpp", "triton", "cuda"):
+            p.error(f"--backends: unknown backend {name!r} (expected torch, cpp, triton, cuda)")
+    for name in _csv(args.dtypes) or ():
+        if name not in ("float32", "bfloat16", "float16"):
+            p.error(f"--dtypes: unknown dtype {name!r} (expected float32, bfloat16, float16)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    return args
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    from .. import info
+
+    t0 = time.perf_counter()
+    ctx = Context(args)
+    machine = info(verbose=False)
+    dev = next((d for d in machine["devices"] if d["type"] == ctx.device.type), {})
+    ctx.print(f"genengine.bench on {ctx.device.type} ({dev.get('name', '?')}), torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads{', quick' if args.quick else ''}")
+    ctx.ceilings.matmul()
+    results = {name: OPS[name](ctx) for name in args.ops}
+    total = time.perf_counter() - t0
+    ctx.print(f"total {total:.1f} s")
+    if args.json:
+        doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "command": "python -m genengine.bench " + " ".join(argv), "argv": argv, "device": ctx.device.type,
+               "quick": args.quick, "total_s": total, "machine": machine, "ceilings": ctx.ceilings.as_dict(),
+               "results": results}
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1, default=str)
+        ctx.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
