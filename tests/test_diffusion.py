@@ -344,6 +344,7 @@ BAD = [
     ("generator", lambda x, e, u: ge.ops.ddpm_step(x, e, 0.3, 0.5, generator=3)),
     ("out", lambda x, e, u: ge.ops.euler_step(x, e, 2.0, 1.0, out=torch.empty(2, 3, 4, 5))),
     ("out", lambda x, e, u: ge.ops.euler_step(x, e, 2.0, 1.0, out=torch.empty(2, 3, 4, 4).transpose(2, 3))),
+    ("out", lambda x, e, u: ge.ops.euler_step(x[:1], e[:1], 2.0, 1.0, out=x[1:])),
     ("backend", lambda x, e, u: ge.ops.euler_step(x, e, 2.0, 1.0, backend="numpy")),
 ]
 

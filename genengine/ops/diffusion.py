@@ -197,9 +197,12 @@ def _prepare(x, model_out, uncond, prev, guidance_scale, out, backend):
         _check_same_shape("out", out, x)
         if not out.is_contiguous():
             raise ValueError("out: expected a contiguous tensor")
+        out_storage = out.untyped_storage().data_ptr()
         for name, t in (("model_out", model_out), ("uncond", uncond), ("prev_x0", prev)):
-            if t is not None and t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+            if t is not None and t.untyped_storage().data_ptr() == out_storage:
                 raise ValueError(f"out: must not share memory with {name} (it may be x itself, for an in-place step)")
+        if x.untyped_storage().data_ptr() == out_storage and not (x.data_ptr() == out.data_ptr() and x.is_contiguous()):
+            raise ValueError("out: overlaps x without being x itself; pass out=x (contiguous) or separate memory")
     dtype_ok = x.dtype in _DTYPE_CODE
     if not dtype_ok and x.dtype != torch.float64:
         raise TypeError(f"x: expected float32, bfloat16, float16 (or float64 on the torch backend), got {x.dtype}")

@@ -1,0 +1,82 @@
+// genengine._cuda: the CUDA kernels, the twin of genengine._C (csrc/bindings.cpp) with the same
+// functions and argument order plus a trailing `stream` (a cudaStream_t as an int, 0 = the legacy
+// default stream). Tensors cross the boundary as raw device pointers, so the module does not link
+// libtorch. This file is compiled by the host C++ compiler; the launchers live in the .cu files.
+//
+// cudart is linked statically and nothing here runs at import time, so importing the module never
+// touches the driver: a machine without a GPU can import it and ask device_count() (0).
+#include <cuda_runtime_api.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+
+#include "common/step.h"
+
+namespace py = pybind11;
+
+namespace ge {
+namespace cuda {
+// csrc/cuda/diffusion.cu
+void sampler_step(int dtype, int64_t n, int64_t inner, void* out, void* x0_out, const void* x,
+                  const void* cond, const void* uncond, const void* prev,
+                  const float* guidance_per_sample, float guidance, const StepCoefs& k,
+                  uint64_t seed, uint64_t offset, uintptr_t stream);
+const char* compiled_archs();
+// csrc/cuda/rng.cu
+void philox_fill(int kind, void* out, int64_t n, uint64_t seed, uint64_t offset, uintptr_t stream);
+}  // namespace cuda
+}  // namespace ge
+
+namespace {
+
+void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+void sampler_step(int dtype, int64_t n, int64_t inner, uintptr_t out, uintptr_t x0_out,
+                  uintptr_t x, uintptr_t cond, uintptr_t uncond, uintptr_t prev,
+                  uintptr_t guidance_per_sample, float guidance, float kx, float kp, float ax,
+                  float ap, float a0, float aprev, float anoise, bool clip, float clip_lo,
+                  float clip_hi, uint64_t seed, uint64_t offset, uintptr_t stream) {
+  const ge::StepCoefs k{kx, kp, ax, ap, a0, aprev, anoise, clip_lo, clip_hi, clip ? 1 : 0};
+  ge::cuda::sampler_step(dtype, n, inner, ptr(out), ptr(x0_out), ptr(x), ptr(cond), ptr(uncond),
+                         ptr(prev), static_cast<const float*>(ptr(guidance_per_sample)), guidance,
+                         k, seed, offset, stream);
+}
+
+// Never raises: no driver, no device or a broken install all read as "no GPU".
+int device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it, so the next runtime call does not report it
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cuda, m) {
+  m.doc() = "genengine CUDA kernels (raw device pointers, no libtorch link)";
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("sampler_step", &sampler_step, nogil, py::arg("dtype"), py::arg("n"), py::arg("inner"),
+        py::arg("out"), py::arg("x0_out"), py::arg("x"), py::arg("cond"), py::arg("uncond"),
+        py::arg("prev"), py::arg("guidance_per_sample"), py::arg("guidance"), py::arg("kx"),
+        py::arg("kp"), py::arg("ax"), py::arg("ap"), py::arg("a0"), py::arg("aprev"),
+        py::arg("anoise"), py::arg("clip"), py::arg("clip_lo"), py::arg("clip_hi"),
+        py::arg("seed"), py::arg("offset"), py::arg("stream") = 0,
+        "One fused sampler step (see csrc/common/step.h), asynchronous on `stream`.");
+  m.def("philox_fill",
+        [](int kind, uintptr_t out, int64_t n, uint64_t seed, uint64_t offset, uintptr_t stream) {
+          ge::cuda::philox_fill(kind, ptr(out), n, seed, offset, stream);
+        },
+        nogil, py::arg("kind"), py::arg("out"), py::arg("n"), py::arg("seed"), py::arg("offset"),
+        py::arg("stream") = 0,
+        "Values 0 .. n-1 of the Philox stream: kind 0 = uint32 words, 1 = uniforms, 2 = normals.");
+  m.def("device_count", &device_count, nogil, "CUDA devices visible; 0 (never an error) without a driver.");
+  m.def("build_info", []() {
+    py::dict info;
+    info["cuda_runtime"] = std::to_string(CUDART_VERSION);
+    info["archs"] = std::string(ge::cuda::compiled_archs());
+    return info;
+  }, "CUDA runtime version the module was built against and the compiled architectures.");
+}
