@@ -57,9 +57,10 @@ def _cuda_gencode():
     for arch in filter(None, (a.strip() for a in archs)):
         flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     # PTX for the oldest target, so newer GPUs can still JIT the kernels
-    oldest = sorted(a for a in archs if a.strip())[0]
-    flags += ["-gencode", f"arch=compute_{oldest.rstrip('a')},code=compute_{oldest.rstrip('a')}"]
-    return flags
+    oldest = sorted(a for a in archs if a.strip())[0].rstrip("a")
+    flags += ["-gencode", f"arch=compute_{oldest},code=compute_{oldest}"]
+    shown = ",".join(f"sm_{a.strip()}" for a in archs if a.strip()) + f",compute_{oldest}"
+    return flags + [f'-DGE_CUDA_ARCHS="{shown}"']
 
 
 class BuildExt(build_ext):
@@ -75,16 +76,21 @@ class BuildExt(build_ext):
             objects = []
             for src in cu_sources:
                 obj = obj_dir / (Path(src).stem + ".o")
-                if not obj.exists() or obj.stat().st_mtime < max(
-                    p.stat().st_mtime for p in [ROOT / src, *CSRC.glob("common/*.h"), *CSRC.glob("cuda/*.cuh")]
-                ):
-                    cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17",
-                           "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", f"-I{CSRC}",
-                           "-lineinfo", *_cuda_gencode()]
+                cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17",
+                       "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", f"-I{CSRC}",
+                       "-lineinfo", *_cuda_gencode()]
+                # rebuild when a source or header is newer, or the command line changed
+                stamp = obj.with_suffix(".cmd")
+                deps = [ROOT / src, *CSRC.glob("common/*.h"), *CSRC.glob("cuda/*.cuh")]
+                stale = (not obj.exists() or not stamp.exists() or stamp.read_text() != " ".join(cmd)
+                         or obj.stat().st_mtime < max(p.stat().st_mtime for p in deps))
+                if stale:
                     print(" ".join(cmd), flush=True)
                     subprocess.check_call(cmd, cwd=ROOT)
+                    stamp.write_text(" ".join(cmd))
                 objects.append(str(obj))
             ext.extra_objects = objects + list(ext.extra_objects or [])
+            ext.depends = list(ext.depends or []) + objects  # relink when an object was rebuilt
         super().build_extension(ext)
 
 
@@ -92,6 +98,7 @@ ext_modules = [
     Pybind11Extension(
         "genengine._C",
         sources=_rel([CSRC / "bindings.cpp", *CSRC.glob("cpu/*.cpp")]),
+        depends=_rel([*CSRC.glob("common/*.h"), *CSRC.glob("cpu/*.h")]),
         include_dirs=[str(CSRC)],
         extra_compile_args=CXX_FLAGS,
         extra_link_args=["-pthread"],

@@ -5,7 +5,7 @@
 // values) and writes it with one 16-byte store when it can.
 #include <cstdint>
 
-#include "cuda/cuda_common.cuh"  // first: it includes common/philox.h
+#include "cuda/cuda_common.cuh"
 
 namespace ge {
 namespace cuda {
