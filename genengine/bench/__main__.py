@@ -17,7 +17,7 @@ import time
 import torch
 
 from . import diffusion
-from .harness import Ceilings
+from .harness import Ceilings, busy_note
 
 OPS = {"diffusion": diffusion.run}
 
@@ -65,12 +65,15 @@ def main(argv=None):
     args = parse(argv)
     from .. import info
 
+    busy, note = busy_note()
     t0 = time.perf_counter()
     ctx = Context(args)
     machine = info(verbose=False)
     dev = next((d for d in machine["devices"] if d["type"] == ctx.device.type), {})
     ctx.print(f"genengine.bench on {ctx.device.type} ({dev.get('name', '?')}), torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads{', quick' if args.quick else ''}")
+    if note:
+        ctx.print(note)
     ctx.ceilings.matmul()
     results = {name: OPS[name](ctx) for name in args.ops}
     total = time.perf_counter() - t0
@@ -78,8 +81,8 @@ def main(argv=None):
     if args.json:
         doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "command": "python -m genengine.bench " + " ".join(argv), "argv": argv, "device": ctx.device.type,
-               "quick": args.quick, "total_s": total, "machine": machine, "ceilings": ctx.ceilings.as_dict(),
-               "results": results}
+               "quick": args.quick, "total_s": total, "cpu_busy_before": busy, "machine": machine,
+               "ceilings": ctx.ceilings.as_dict(), "results": results}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1, default=str)
         ctx.print(f"wrote {args.json}")

@@ -19,6 +19,7 @@ matmul rate (FLOP/s).
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -175,6 +176,29 @@ class Table:
 
     def header(self):
         return self.line([h for h, _, _ in self.columns]) + "\n" + self.line(["-" * w for _, w, _ in self.columns])
+
+
+def _cpu_times():
+    with open("/proc/stat") as f:
+        v = [int(t) for t in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v[:8])  # idle + iowait, total
+
+
+def busy_note(window_s=0.5):
+    """(fraction of the CPUs busy with other work just before the run, a warning line or None).
+    Other processes skew timings, most of all torch's multi-threaded ops, which wait for their
+    slowest thread at every op."""
+    try:
+        i0, t0 = _cpu_times()
+        time.sleep(window_s)
+        i1, t1 = _cpu_times()
+        busy = 1.0 - (i1 - i0) / max(t1 - t0, 1)
+    except (OSError, ValueError, IndexError):  # not Linux
+        return None, None
+    if busy < 0.2:
+        return busy, None
+    return busy, (f"note: {100 * busy:.0f}% of the {os.cpu_count()} CPUs were busy with other processes just before "
+                  "this run: timings will be noisier than usual (multi-threaded torch ops most of all)")
 
 
 def us(seconds):

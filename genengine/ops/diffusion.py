@@ -120,7 +120,8 @@ def _guidance(guidance_scale, x, batch):
             f"guidance_scale: expected a number or one weight per sample, shape (), (1,), ({batch},) or "
             f"({batch}, 1, ...); got shape {shape}, which does not broadcast per sample over x {tuple(x.shape)}"
         )
-    return 1.0, g.reshape(-1).to(torch.float32).expand(batch).contiguous()
+    wdtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # kernels read float32
+    return 1.0, g.reshape(-1).to(wdtype).expand(batch).contiguous()
 
 
 def _contig(t):
@@ -307,14 +308,64 @@ def _(x, cond, uncond, prev, guidance, guidance_scale, coefs, clip, clip_lo, cli
     return out, (torch.empty_like(out) if write_x0 else x.new_empty(0))
 
 
+def _setup_context(ctx, inputs, output):
+    x, cond, uncond, prev, guidance, guidance_scale, coefs, clip, clip_lo, clip_hi = inputs[:10]
+    ctx.save_for_backward(x, cond, uncond, guidance)
+    ctx.coefs, ctx.clip, ctx.clip_lo, ctx.clip_hi = coefs, clip, clip_lo, clip_hi
+    ctx.guidance_scale, ctx.has_prev = guidance_scale, prev is not None
+
+
+def _backward(ctx, grad_out, grad_x0):
+    """The step is affine in (x, p, prev_x0) but for the clamp of x0, whose gradient passes inside
+    [lo, hi]; p = uncond + w (cond - uncond). Computed in plain PyTorch (training is not a hot path)."""
+    x, cond, uncond, guidance = ctx.saved_tensors
+    kx, kp, ax, ap, a0, aprev, _ = ctx.coefs
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    g = grad_out.to(ct)
+    g_x0 = a0 * g
+    if grad_x0 is not None and grad_x0.numel():
+        g_x0 = g_x0 + grad_x0.to(ct)
+    c = cond.to(ct)
+    w = 1.0
+    if uncond is not None:
+        u = uncond.to(ct)
+        w = guidance.to(ct).reshape((-1,) + (1,) * (x.dim() - 1)) if guidance is not None else ctx.guidance_scale
+        p = u + w * (c - u)
+    else:
+        p = c
+    if ctx.clip:
+        x0 = kx * x.to(ct) + kp * p
+        g_x0 = g_x0 * ((x0 >= ctx.clip_lo) & (x0 <= ctx.clip_hi))
+    grad_x = ax * g + kx * g_x0
+    grad_p = ap * g + kp * g_x0
+    grad_cond = (grad_p * w).to(cond.dtype)
+    grad_uncond = (grad_p * (1 - w)).to(uncond.dtype) if uncond is not None else None
+    grad_guidance = None
+    if guidance is not None and uncond is not None:
+        grad_guidance = (grad_p * (c - u)).reshape(x.shape[0], -1).sum(1).to(guidance.dtype)
+    grad_prev = (aprev * g).to(x.dtype) if ctx.has_prev else None
+    return (grad_x.to(x.dtype), grad_cond, grad_uncond, grad_prev, grad_guidance) + (None,) * 9
+
+
+torch.library.register_autograd("genengine::sampler_step", _backward, setup_context=_setup_context)
+
+
+def _needs_grad(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, backend):
-    """Checks, backend choice, noise key, launch. `make_step()` builds the _Step after the checks."""
+    """Checks, backend choice, noise key, launch. `make_step()` builds the _Step after the checks.
+
+    The eager path calls the kernel directly; tracing (torch.compile) and autograd go through the
+    registered op, which carries the fake implementation and the backward formula.
+    """
     name, x, cond, uncond, prev, w, w_per_sample = _prepare(x, model_out, uncond, prev, guidance_scale, out, backend)
     step = make_step()
     seed = offset = 0
     if step.anoise != 0.0:
         seed, offset = rng.draw_key(generator, x.device)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _needs_grad(x, cond, uncond, prev, w_per_sample):
         res, x0 = _sampler_step_op(x, cond, uncond, prev if step.uses_prev else None, w_per_sample, w, step.coefs(),
                                    step.clip, step.lo, step.hi, step.want_x0, _signed64(seed), _signed64(offset), name)
         if out is not None:
