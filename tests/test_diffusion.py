@@ -220,6 +220,22 @@ def test_in_place_and_out(backend, gen):
         ge.ops.euler_step(t["x"], t["model_out"], 4.0, 2.0, out=t["model_out"], backend=backend)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_x0_out(backend, gen):
+    t = _inputs((2, 3, 9, 7), torch.float32, gen, prev=True)
+    want, want_x0 = ge.ops.dpmpp_2m_step(t["x"], t["model_out"], 4.0, 2.0, prev_x0=t["prev_x0"], sigma_prev=5.0,
+                                         backend=backend)
+    out, x0_buf = torch.empty_like(t["x"]), torch.empty_like(t["x"])
+    res, x0 = ge.ops.dpmpp_2m_step(t["x"], t["model_out"], 4.0, 2.0, prev_x0=t["prev_x0"], sigma_prev=5.0, out=out,
+                                   x0_out=x0_buf, backend=backend)
+    assert res is out and x0 is x0_buf and torch.equal(out, want) and torch.equal(x0_buf, want_x0)
+    with pytest.raises(ValueError, match="x0_out"):
+        ge.ops.dpmpp_2m_step(t["x"], t["model_out"], 4.0, 2.0, prev_x0=t["prev_x0"], sigma_prev=5.0, out=out,
+                             x0_out=t["prev_x0"], backend=backend)
+    with pytest.raises(ValueError, match="x0_out"):
+        ge.ops.dpmpp_2m_step(t["x"], t["model_out"], 4.0, 2.0, out=out, x0_out=out, backend=backend)
+
+
 def test_empty_batch():
     x = torch.empty(0, 4, 8, 8)
     assert ge.ops.euler_step(x, x.clone(), 2.0, 1.0, backend="cpp").shape == x.shape

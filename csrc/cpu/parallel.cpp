@@ -28,7 +28,7 @@ namespace {
 
 constexpr uint64_t kClosed = 1ull << 31;
 constexpr uint64_t kActiveMask = kClosed - 1;
-constexpr auto kSpinTime = std::chrono::microseconds(200);
+constexpr auto kSpinTime = std::chrono::microseconds(20);
 
 class Pool {
  public:

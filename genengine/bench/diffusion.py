@@ -85,13 +85,19 @@ def candidates(spec, shape, dtype, device, names):
     kw = dict(spec.kw, uncond=uncond, guidance_scale=GUIDANCE)
     if spec.prev:
         kw["prev_x0"] = torch.randn_like(x)
-    opkw = dict(kw, generator=g) if spec.stochastic else kw
+    opkw = dict(kw, generator=g) if spec.stochastic else dict(kw)
     a, b = spec.scalars
     res = {}
+    x_inplace = x.clone()  # the in-place row updates its own copy of x step after step
+    if spec.prev:
+        opkw["x0_out"] = torch.empty_like(x)  # preallocated like out (dpmpp_2m also returns x0)
     for name in names:
-        res[name] = lambda name=name: spec.op(x, cond, a, b, backend=name, **opkw)
+        alloc_kw = {k: v for k, v in opkw.items() if k != "x0_out"}  # the allocating call allocates all
+        res[name] = lambda name=name: spec.op(x, cond, a, b, backend=name, **alloc_kw)
         if name in FUSED:
             res[name + " out="] = lambda name=name: spec.op(x, cond, a, b, backend=name, out=out, **opkw)
+            res[name + " in-place"] = lambda name=name: spec.op(x_inplace, cond, a, b, backend=name, out=x_inplace,
+                                                               **opkw)
     if spec.stochastic:
         res["torch-textbook"] = lambda: spec.textbook(x, cond, a, b, noise=torch.randn_like(x), dtype=x.dtype, **kw)
     else:
@@ -132,7 +138,7 @@ def run(ctx):
         base = stats["torch-textbook"].median
         for label, st in stats.items():
             bw = nbytes / st.median
-            pct = 100 * bw / copy_bw if label.endswith("out=") else None
+            pct = 100 * bw / copy_bw if label.endswith(("out=", "in-place")) else None
             row = {"op": spec.name, "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
                    "backend": label, "device": device.type, **st.as_dict(), "speedup_vs_textbook": base / st.median,
                    "bytes_moved": nbytes, "GB_per_s": bw / 1e9, "copy_GB_per_s_at_bytes": copy_bw / 1e9,

@@ -160,6 +160,20 @@ class _Step:
         return [self.kx, self.kp, self.ax, self.ap, self.a0, self.aprev, self.anoise]
 
 
+def _check_out(name, out, x, model_out, uncond, prev):
+    """A preallocated output: x's shape, dtype and device, contiguous, and either x itself (an
+    in-place step) or memory no input uses (the kernels read and write element by element)."""
+    _check_same_shape(name, out, x)
+    if not out.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor")
+    out_storage = out.untyped_storage().data_ptr()
+    for other, t in (("model_out", model_out), ("uncond", uncond), ("prev_x0", prev)):
+        if t is not None and t.untyped_storage().data_ptr() == out_storage:
+            raise ValueError(f"{name}: must not share memory with {other} (it may be x itself, for an in-place step)")
+    if x.untyped_storage().data_ptr() == out_storage and not (x.data_ptr() == out.data_ptr() and x.is_contiguous()):
+        raise ValueError(f"{name}: overlaps x without being x itself; pass x itself (contiguous) or separate memory")
+
+
 def _split_model_out(x, model_out, uncond):
     """(cond, uncond) views: model_out may hold [uncond; cond] stacked along the batch."""
     if not isinstance(model_out, torch.Tensor):
@@ -195,27 +209,20 @@ def _prepare(x, model_out, uncond, prev, guidance_scale, out, backend):
     if uncond is None and (w_per_sample is not None or w != 1.0):
         raise ValueError("guidance_scale: guidance needs the unconditional output (pass uncond, or a stacked model_out)")
     if out is not None:
-        _check_same_shape("out", out, x)
-        if not out.is_contiguous():
-            raise ValueError("out: expected a contiguous tensor")
-        out_storage = out.untyped_storage().data_ptr()
-        for name, t in (("model_out", model_out), ("uncond", uncond), ("prev_x0", prev)):
-            if t is not None and t.untyped_storage().data_ptr() == out_storage:
-                raise ValueError(f"out: must not share memory with {name} (it may be x itself, for an in-place step)")
-        if x.untyped_storage().data_ptr() == out_storage and not (x.data_ptr() == out.data_ptr() and x.is_contiguous()):
-            raise ValueError("out: overlaps x without being x itself; pass out=x (contiguous) or separate memory")
+        _check_out("out", out, x, model_out, uncond, prev)
     dtype_ok = x.dtype in _DTYPE_CODE
     if not dtype_ok and x.dtype != torch.float64:
         raise TypeError(f"x: expected float32, bfloat16, float16 (or float64 on the torch backend), got {x.dtype}")
-    name = _backends.resolve(backend, x.device.type, _SUPPORTED, dtype_ok)
+    name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED, dtype_ok)
     return name, _contig(x), _contig(cond), _contig(uncond), _contig(prev), w, w_per_sample
 
 
-def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out):
+def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0=None):
     n = x.numel()
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    x0 = torch.empty_like(out) if step.want_x0 else None
+    if x0 is None and step.want_x0:
+        x0 = torch.empty_like(out)
     if n == 0:
         return out, x0
     if name == "cpp":
@@ -354,13 +361,17 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, backend):
+def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, backend, x0_out=None):
     """Checks, backend choice, noise key, launch. `make_step()` builds the _Step after the checks.
 
     The eager path calls the kernel directly; tracing (torch.compile) and autograd go through the
     registered op, which carries the fake implementation and the backward formula.
     """
     name, x, cond, uncond, prev, w, w_per_sample = _prepare(x, model_out, uncond, prev, guidance_scale, out, backend)
+    if x0_out is not None:
+        _check_out("x0_out", x0_out, x, model_out, uncond, prev)
+        if out is not None and out.untyped_storage().data_ptr() == x0_out.untyped_storage().data_ptr():
+            raise ValueError("x0_out: must not share memory with out")
     step = make_step()
     seed = offset = 0
     if step.anoise != 0.0:
@@ -371,8 +382,12 @@ def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, 
         if out is not None:
             out.copy_(res)
             res = out
+        if x0_out is not None and step.want_x0:
+            x0_out.copy_(x0)
+            x0 = x0_out
         return res, (x0 if step.want_x0 else None)
-    return _launch(name, step, x, cond, uncond, prev if step.uses_prev else None, w, w_per_sample, seed, offset, out)
+    return _launch(name, step, x, cond, uncond, prev if step.uses_prev else None, w, w_per_sample, seed, offset, out,
+                   x0_out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -527,12 +542,13 @@ def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidan
 
 
 def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=None, uncond=None,
-                  guidance_scale=1.0, prediction="epsilon", clip_x0=None, out=None, backend="auto"):
+                  guidance_scale=1.0, prediction="epsilon", clip_x0=None, out=None, x0_out=None, backend="auto"):
     """One DPM-Solver++(2M) step in sigma space (Lu et al. 2022; the multistep midpoint form).
 
     With the previous step's x0 (`prev_x0`, at noise level `sigma_prev`) the step is second order;
     without it, or when sigma_next == 0, it is first order (then x_next = x0 at sigma 0).
     Returns (x_next, x0): pass x0 back as `prev_x0` (and this sigma as `sigma_prev`) next step.
+    `out` and `x0_out` are optional preallocated outputs (a loop can ping-pong two x0 buffers).
     """
     s, sn = _sigmas(sigma, sigma_next)
     pred = _prediction(prediction)
@@ -559,7 +575,7 @@ def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=N
         aprev = -(1.0 - r) / (2.0 * ratio)
         return _Step(kx, kp, r, 0.0, a0, aprev=aprev, clip=clip, want_x0=True)
 
-    return _run(x, model_out, uncond, prev_x0, guidance_scale, make_step, None, out, backend)
+    return _run(x, model_out, uncond, prev_x0, guidance_scale, make_step, None, out, backend, x0_out)
 
 
 __all__ = ["ddpm_step", "ddim_step", "euler_step", "euler_ancestral_step", "dpmpp_2m_step"]
