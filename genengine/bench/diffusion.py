@@ -91,8 +91,8 @@ def candidates(spec, shape, dtype, device, names):
     x_inplace = x.clone()  # the in-place row updates its own copy of x step after step
     if spec.prev:
         opkw["x0_out"] = torch.empty_like(x)  # preallocated like out (dpmpp_2m also returns x0)
+    alloc_kw = {k: v for k, v in opkw.items() if k != "x0_out"}  # the allocating call allocates all
     for name in names:
-        alloc_kw = {k: v for k, v in opkw.items() if k != "x0_out"}  # the allocating call allocates all
         res[name] = lambda name=name: spec.op(x, cond, a, b, backend=name, **alloc_kw)
         if name in FUSED:
             res[name + " out="] = lambda name=name: spec.op(x, cond, a, b, backend=name, out=out, **opkw)
