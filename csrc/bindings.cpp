@@ -70,6 +70,7 @@ PYBIND11_MODULE(_C, m) {
         nogil);
   m.def("set_num_threads", &ge::set_num_threads, nogil);
   m.def("get_num_threads", &ge::get_num_threads);
+  m.def("threading", &ge::threading_backend);
   m.def("build_flags", &build_flags);
   m.def("isa", &isa);
 }

@@ -57,6 +57,7 @@ def _built():
         built["_C_isa"] = cpp.isa()
         built["_C_flags"] = cpp.build_flags()
         built["_C_threads"] = cpp.get_num_threads()
+        built["_C_threading"] = cpp.threading()
     if built["_cuda"]:
         try:
             from . import _cuda
@@ -88,6 +89,8 @@ def format_info(report):
     lines.append("  versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "genengine"))
     b = report["built"]
     lines.append(f"  built: _C={'yes' if b['_C'] else 'no'}" + (f" ({b['_C_isa']}, {b['_C_threads']} threads)" if b["_C"] else ""))
+    if b["_C"]:
+        lines.append(f"         _C threads: {b['_C_threading']}")
     lines.append(f"         _cuda={'yes' if b['_cuda'] else 'no'}" + (f" ({b['_cuda_info']})" if b.get("_cuda_info") else ""))
     lines.append("  backends (cpu | cuda):")
     for name, per in report["backends"].items():

@@ -114,3 +114,29 @@ def test_registered_op_is_visible_to_the_dispatcher():
     out, x0 = torch.ops.genengine.sampler_step(x, x, None, None, None, 1.0, [1.0, 0.0, 0.5, 0.0, 0.5, 0.0, 0.0],
                                                False, 0.0, 0.0, True, 0, 0, "cpp")
     assert torch.allclose(out, x) and torch.allclose(x0, x)
+
+
+_POOL_SCRIPT = """
+import torch, genengine as ge
+from genengine import _C
+g = torch.Generator().manual_seed(0)
+x, e, u = (torch.randn(3, 4, 61, 67, generator=g) for _ in range(3))
+a = ge.ops.ddpm_step(x, e, 0.3, 0.5, uncond=u, guidance_scale=3.0, generator=torch.Generator().manual_seed(1))
+b = ge.ops.euler_step(x, e, 3.0, 2.0, uncond=u, guidance_scale=torch.tensor([1.0, 2.0, 3.0]))
+print(_C.threading().split(" (")[0])
+print(repr(torch.cat([a.flatten(), b.flatten()]).double().sum().item()))
+"""
+
+
+def test_both_thread_pools_give_identical_results():
+    """The CPU kernels run on torch's OpenMP runtime when one is loaded, else on their own pool."""
+    import os
+
+    runs = {}
+    for pool in ("", "own"):
+        env = dict(os.environ, GENENGINE_THREADPOOL=pool, GENENGINE_NUM_THREADS="2")
+        out = subprocess.run([sys.executable, "-c", _POOL_SCRIPT], capture_output=True, text=True, check=True,
+                             env=env).stdout.split("\n")
+        runs[out[0]] = out[1]
+    assert "own thread pool" in runs and len(runs) == 2, runs
+    assert len(set(runs.values())) == 1, runs

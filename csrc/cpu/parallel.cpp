@@ -1,17 +1,29 @@
-// See parallel.h. Protocol: the caller publishes a job (function, chunk count, chunk cursor), then
+// See parallel.h. Two ways to run a job in parallel:
+//  1. On the OpenMP runtime torch already loaded (its libgomp, or libiomp5's GOMP entry points),
+//     found at run time among the loaded objects: our kernels then share torch's threads, so a
+//     step right after a torch op finds them awake, and nobody's spinning threads compete for the
+//     cores. We do not link it: the entry point, GOMP_parallel, is the stable GCC OpenMP ABI.
+//  2. Otherwise (no OpenMP runtime loaded, or GENENGINE_THREADPOOL=own), our own pool below.
+//
+// Own pool protocol: the caller publishes a job (function, chunk count, chunk cursor), then
 // opens it by storing a new generation in `state_` (generation in the high 32 bits, a "closed" bit,
 // and the number of workers that joined). Workers join by CAS while the job is open, claim chunks
 // from the cursor, and leave by decrementing. The caller claims chunks too, then closes the job and
 // waits until no worker is left inside, so the job's storage is never touched after it returns.
 #include "parallel.h"
 
+#include <dlfcn.h>
+#include <link.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <string>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -132,6 +144,54 @@ int default_threads() {
   return hc > 0 ? int(hc) : 1;
 }
 
+// ---- torch's OpenMP runtime --------------------------------------------------------------------
+
+using GompParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+
+std::string g_omp_library;  // path of the runtime found, for info()
+
+int find_omp_runtime(struct dl_phdr_info* info, size_t, void* out) {
+  const char* name = info->dlpi_name;
+  if (name && (std::strstr(name, "libgomp") || std::strstr(name, "libiomp5"))) {
+    *static_cast<std::string*>(out) = name;
+    return 1;
+  }
+  return 0;
+}
+
+GompParallel load_gomp_parallel() {
+  const char* choice = std::getenv("GENENGINE_THREADPOOL");
+  if (choice && std::strcmp(choice, "own") == 0) return nullptr;
+  std::string path;
+  dl_iterate_phdr(find_omp_runtime, &path);
+  if (path.empty()) return nullptr;
+  void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);  // already loaded: no new copy
+  if (!handle) return nullptr;
+  auto fn = reinterpret_cast<GompParallel>(dlsym(handle, "GOMP_parallel"));
+  if (fn) g_omp_library = path;
+  return fn;
+}
+
+struct OmpJob {
+  const std::function<void(int64_t)>* fn;
+  int64_t n_chunks;
+  std::atomic<int64_t> cursor{0};
+};
+
+void omp_trampoline(void* data) {
+  auto* job = static_cast<OmpJob*>(data);
+  for (;;) {
+    const int64_t c = job->cursor.fetch_add(1, std::memory_order_relaxed);
+    if (c >= job->n_chunks) return;
+    (*job->fn)(c);
+  }
+}
+
+GompParallel g_gomp_parallel = nullptr;
+bool g_gomp_checked = false;
+
+// ---- own pool -----------------------------------------------------------------------------------
+
 std::mutex g_pool_mutex;  // serialises callers: one parallel job at a time
 int g_threads = 0;
 Pool* g_pool = nullptr;   // leaked on fork in the child (its threads do not exist there)
@@ -151,6 +211,15 @@ void set_num_threads(int n) {
   delete g_pool;
   g_pool = nullptr;
   g_threads = n;
+}
+
+std::string threading_backend() {
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (!g_gomp_checked) {
+    g_gomp_parallel = load_gomp_parallel();
+    g_gomp_checked = true;
+  }
+  return g_gomp_parallel ? "OpenMP runtime already loaded by torch (" + g_omp_library + ")" : "own thread pool";
 }
 
 int get_num_threads() {
@@ -173,6 +242,18 @@ void parallel_chunks(int64_t n_chunks, const std::function<void(int64_t)>& fn) {
   if (g_threads == 0) g_threads = default_threads();
   if (g_threads <= 1) {
     for (int64_t c = 0; c < n_chunks; ++c) fn(c);
+    return;
+  }
+  if (!g_gomp_checked) {
+    g_gomp_parallel = load_gomp_parallel();
+    g_gomp_checked = true;
+  }
+  if (g_gomp_parallel) {
+    OmpJob job;
+    job.fn = &fn;
+    job.n_chunks = n_chunks;
+    const unsigned threads = unsigned(std::min<int64_t>(g_threads, n_chunks));
+    g_gomp_parallel(omp_trampoline, &job, threads, 0);
     return;
   }
   if (!g_pool) {

@@ -120,18 +120,22 @@ class Ceilings:
         self._copy = {}
         self._matmul = None
 
+    def copy_callable(self, nbytes, dtype=torch.float32):
+        """A zero-argument dst.copy_(src) moving nbytes in all (nbytes/2 read, nbytes/2 written)."""
+        esize = torch.empty((), dtype=dtype).element_size()
+        if nbytes % (2 * esize):
+            dtype, esize = torch.uint8, 1
+        n = max(1, nbytes // (2 * esize))
+        src = torch.ones(n, dtype=dtype, device=self.device)
+        dst = torch.zeros_like(src)
+        return lambda: dst.copy_(src)
+
     def copy(self, nbytes, dtype=torch.float32):
         """(Stats, bytes/s) of dst.copy_(src) moving nbytes in all (nbytes/2 read, nbytes/2 written)."""
         key = (int(nbytes), dtype)
         if key not in self._copy:
-            esize = torch.empty((), dtype=dtype).element_size()
-            if nbytes % (2 * esize):
-                dtype, esize = torch.uint8, 1
-            n = max(1, nbytes // (2 * esize))
-            src = torch.ones(n, dtype=dtype, device=self.device)
-            dst = torch.zeros_like(src)
-            st = interleave({"copy": lambda: dst.copy_(src)}, self.device, self.budget_s)["copy"]
-            self._copy[key] = (st, 2 * n * esize / st.median)
+            st = interleave({"copy": self.copy_callable(nbytes, dtype)}, self.device, self.budget_s)["copy"]
+            self._copy[key] = (st, nbytes / st.median)
         return self._copy[key]
 
     def matmul(self):
