@@ -53,8 +53,8 @@ def _inputs(shape, dtype, gen, device="cpu", guided=True, prev=False):
     return t
 
 
-def _run_op(op, tensors, kw, backend, generator=None, guidance=3.5, **extra):
-    fn = getattr(ge.ops, op)
+def _call_args(op, kw, tensors, guidance):
+    """(positional scalars, keyword arguments) of `op` for a CASES entry and its input tensors."""
     args = dict(kw)
     if op in ("ddpm_step", "ddim_step"):
         pos = (args.pop("alpha_bar_t"), args.pop("alpha_bar_prev"))
@@ -62,33 +62,27 @@ def _run_op(op, tensors, kw, backend, generator=None, guidance=3.5, **extra):
         pos = (args.pop("sigma"), args.pop("sigma_next"))
     if "sigma_prev" in args and "prev_x0" not in tensors:
         args.pop("sigma_prev")
-    if _is_stochastic(op, kw):
-        args["generator"] = generator
     if "uncond" in tensors:
         args["uncond"] = tensors["uncond"]
         args["guidance_scale"] = guidance
     if "prev_x0" in tensors:
         args["prev_x0"] = tensors["prev_x0"]
-    res = fn(tensors["x"], tensors["model_out"], *pos, backend=backend, **args, **extra)
+    return pos, args
+
+
+def _run_op(op, tensors, kw, backend, generator=None, guidance=3.5, **extra):
+    pos, args = _call_args(op, kw, tensors, guidance)
+    if _is_stochastic(op, kw):
+        args["generator"] = generator
+    res = getattr(ge.ops, op)(tensors["x"], tensors["model_out"], *pos, backend=backend, **args, **extra)
     return res if isinstance(res, tuple) else (res,)
 
 
 def _reference(op, tensors, kw, noise=None, guidance=3.5):
-    args = dict(kw)
-    d = {k: v.double().cpu() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
-    if op in ("ddpm_step", "ddim_step"):
-        pos = (args.pop("alpha_bar_t"), args.pop("alpha_bar_prev"))
-    else:
-        pos = (args.pop("sigma"), args.pop("sigma_next"))
-    if "sigma_prev" in args and "prev_x0" not in d:
-        args.pop("sigma_prev")
+    d = {k: v.double().cpu() for k, v in tensors.items()}
+    pos, args = _call_args(op, kw, d, guidance)
     if _is_stochastic(op, kw):
         args["noise"] = noise
-    if "uncond" in d:
-        args["uncond"] = d["uncond"]
-        args["guidance_scale"] = guidance
-    if "prev_x0" in d:
-        args["prev_x0"] = d["prev_x0"]
     res = getattr(R, op)(d["x"], d["model_out"], *pos, **args)
     return res if isinstance(res, tuple) else (res,)
 
