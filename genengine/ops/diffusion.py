@@ -217,6 +217,10 @@ def _prepare(x, model_out, uncond, prev, guidance_scale, out, backend):
     return name, _contig(x), _contig(cond), _contig(uncond), _contig(prev), w, w_per_sample
 
 
+def _ptr(t):
+    return t.data_ptr() if t is not None else 0
+
+
 def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0=None):
     n = x.numel()
     if out is None:
@@ -225,30 +229,20 @@ def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, ou
         x0 = torch.empty_like(out)
     if n == 0:
         return out, x0
-    if name == "cpp":
-        _backends.load_cpp().sampler_step(
-            _DTYPE_CODE[x.dtype], n, n // x.shape[0], out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
-            x.data_ptr(), cond.data_ptr(), uncond.data_ptr() if uncond is not None else 0,
-            prev.data_ptr() if prev is not None else 0, w_per_sample.data_ptr() if w_per_sample is not None else 0,
-            w, step.kx, step.kp, step.ax, step.ap, step.a0, step.aprev, step.anoise, step.clip, step.lo, step.hi,
-            seed, offset,
-        )
+    if name in ("cpp", "cuda"):  # the two extension modules share one signature (+ stream for cuda)
+        args = (_DTYPE_CODE[x.dtype], n, n // x.shape[0], out.data_ptr(), _ptr(x0), x.data_ptr(), cond.data_ptr(),
+                _ptr(uncond), _ptr(prev), _ptr(w_per_sample), w, step.kx, step.kp, step.ax, step.ap, step.a0,
+                step.aprev, step.anoise, step.clip, step.lo, step.hi, seed, offset)
+        if name == "cpp":
+            _backends.load_cpp().sampler_step(*args)
+        else:
+            with torch.cuda.device(x.device):
+                _backends.load_cuda().sampler_step(*args, torch.cuda.current_stream(x.device).cuda_stream)
     elif name == "triton":
         _backends.load_kernels("diffusion").sampler_step(
             out, x0, x, cond, uncond, prev, w_per_sample, w, *step.coefs(), step.clip, step.lo, step.hi,
             seed, offset, n // x.shape[0],
         )
-    elif name == "cuda":
-        with torch.cuda.device(x.device):
-            stream = torch.cuda.current_stream(x.device).cuda_stream
-            _backends.load_cuda().sampler_step(
-                _DTYPE_CODE[x.dtype], n, n // x.shape[0], out.data_ptr(), x0.data_ptr() if x0 is not None else 0,
-                x.data_ptr(), cond.data_ptr(), uncond.data_ptr() if uncond is not None else 0,
-                prev.data_ptr() if prev is not None else 0,
-                w_per_sample.data_ptr() if w_per_sample is not None else 0,
-                w, step.kx, step.kp, step.ax, step.ap, step.a0, step.aprev, step.anoise, step.clip, step.lo,
-                step.hi, seed, offset, stream,
-            )
     else:
         _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0)
     return out, x0
