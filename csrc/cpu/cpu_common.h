@@ -23,27 +23,45 @@ namespace ge {
 
 enum DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
 
-// Scalar conversions; loops over them vectorise. float16 goes through _Float16, which GCC lowers to
-// F16C instructions in the Haswell clone.
+// Scalar conversions written with integer and float32 operations only (no _Float16, which GCC
+// lowers to a library call per element), so the loops over them vectorise in either clone.
 struct BF16 { uint16_t bits; };
-using F16 = _Float16;
+struct F16 { uint16_t bits; };
+
+inline float bits_as_float(uint32_t b) { float f; std::memcpy(&f, &b, 4); return f; }
+inline uint32_t float_as_bits(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
 
 inline float to_float(float v) { return v; }
-inline float to_float(F16 v) { return float(v); }
-inline float to_float(BF16 v) {
-  const uint32_t b = uint32_t(v.bits) << 16;
-  float f; std::memcpy(&f, &b, 4); return f;
+inline float to_float(BF16 v) { return bits_as_float(uint32_t(v.bits) << 16); }
+inline float to_float(F16 v) {
+  const uint32_t h = v.bits, em = h & 0x7FFFu;
+  // exponent and mantissa moved into float position, rebiased by 2^112 (exact, subnormals too)
+  const uint32_t scaled = float_as_bits(bits_as_float(em << 13) * 5.192296858534828e+33f);
+  const uint32_t inf_nan = 0x7F800000u & (0u - uint32_t(em >= 0x7C00u));  // masks, not branches
+  return bits_as_float(scaled | inf_nan | ((h & 0x8000u) << 16));
 }
 
 template <typename T> inline T from_float(float v);
 template <> inline float from_float<float>(float v) { return v; }
-template <> inline F16 from_float<F16>(float v) { return F16(v); }
 template <> inline BF16 from_float<BF16>(float v) {
-  uint32_t b; std::memcpy(&b, &v, 4);
+  const uint32_t b = float_as_bits(v);
   // round to nearest even; NaN stays NaN (quiet bit forced)
   const bool nan = (b & 0x7FFFFFFFu) > 0x7F800000u;
   const uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
   return BF16{uint16_t(nan ? ((b >> 16) | 0x40u) : rounded)};
+}
+template <> inline F16 from_float<F16>(float v) {
+  // round to nearest even (as the F16C instruction and torch do); overflow to inf, NaN to a quiet NaN
+  const uint32_t b = float_as_bits(v), sign = (b >> 16) & 0x8000u, a = b & 0x7FFFFFFFu;
+  // |v| < 2^-14: the float add aligns the mantissa to the f16 subnormal grid and rounds (RNE)
+  const uint32_t sub = float_as_bits(bits_as_float(a) + 0.5f) - 0x3F000000u;
+  // normal range: rebias the exponent and round the 13 dropped bits to nearest even
+  const uint32_t norm = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13;  // 0xC8000000 = (15 - 127) << 23
+  const uint32_t big = 0x7C00u | (0x0200u & (0u - uint32_t(a > 0x7F800000u)));  // inf, or NaN
+  // select with masks: GCC leaves a nested ?: as control flow and then does not vectorise
+  const uint32_t is_big = 0u - uint32_t(a >= 0x47800000u), is_sub = 0u - uint32_t(a < 0x38800000u);
+  const uint32_t h = (big & is_big) | (sub & is_sub & ~is_big) | (norm & ~(is_sub | is_big));
+  return F16{uint16_t(h | sign)};
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
