@@ -4,6 +4,7 @@ Every op takes `backend="auto"|"torch"|"cpp"|"triton"|"cuda"`; see genengine._ba
 """
 
 from .diffusion import ddim_step, ddpm_step, dpmpp_2m_step, euler_ancestral_step, euler_step
+from .group_norm import group_norm_silu
 from .rng import draw_key, philox_normal, philox_uniform, philox_words
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "euler_step",
     "euler_ancestral_step",
     "dpmpp_2m_step",
+    "group_norm_silu",
     "draw_key",
     "philox_words",
     "philox_uniform",
