@@ -1,0 +1,94 @@
+"""Built-in toy data sets for the generative families (generated on the fly; nothing is downloaded).
+
+    x, labels = ge.data.ring_of_gaussians(2000, generator=torch.Generator().manual_seed(0))
+
+Shapes: every generator returns `(x, labels)` with x a float32 tensor of shape (n, 2) and labels an
+int64 tensor of shape (n,) naming the component (mode, moon, square) each point came from, so the
+same data serves unconditional and class-conditional models. Draws come from `generator` (a
+torch.Generator; the tensors are made on its device), so a seeded generator gives the same data run
+after run; without one, torch's global generator is used.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = ["ring_of_gaussians", "ring_centres", "two_moons", "checkerboard"]
+
+
+def _count(name, n):
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(n).__name__}")
+    if n <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {n}")
+    return int(n)
+
+
+def _nonneg(name, v, positive=False):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{name}: expected a finite {'positive' if positive else 'non-negative'} number, got {v}")
+    return v
+
+
+def _device(generator):
+    if generator is None:
+        return torch.device("cpu")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    return generator.device
+
+
+def ring_centres(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
+    """The (modes, 2) float32 mode centres of `ring_of_gaussians`, mode k at angle 2*pi*k/modes."""
+    modes = _count("modes", modes)
+    radius = _nonneg("radius", radius, positive=True)
+    angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
+    return (radius * torch.stack([angle.cos(), angle.sin()], dim=1)).float()
+
+
+def ring_of_gaussians(n: int, *, modes: int = 8, radius: float = 2.0, std: float = 0.05, generator=None):
+    """n points from an equal mixture of `modes` isotropic Gaussians (standard deviation `std`)
+    centred on a circle of `radius`; labels are the mode indices (see `ring_centres`)."""
+    n = _count("n", n)
+    std = _nonneg("std", std)
+    device = _device(generator)
+    centres = ring_centres(modes, radius).to(device)
+    labels = torch.randint(0, centres.shape[0], (n,), generator=generator, device=device)
+    x = centres[labels] + std * torch.randn(n, 2, generator=generator, device=device)
+    return x, labels
+
+
+def two_moons(n: int, *, noise: float = 0.05, generator=None):
+    """n points on two interleaved half circles (radius 1; the upper one centred at (0, 0), the
+    lower at (1, 0.5)) plus Gaussian noise of standard deviation `noise`; labels say which moon.
+    The two moons get n // 2 and n - n // 2 points, in random order."""
+    n = _count("n", n)
+    noise = _nonneg("noise", noise)
+    device = _device(generator)
+    labels = (torch.arange(n, device=device) % 2)[torch.randperm(n, generator=generator, device=device)]
+    theta = math.pi * torch.rand(n, generator=generator, device=device)
+    upper = torch.stack([theta.cos(), theta.sin()], dim=1)
+    lower = torch.stack([1 - theta.cos(), 0.5 - theta.sin()], dim=1)
+    x = torch.where(labels[:, None] == 0, upper, lower)
+    x = x + noise * torch.randn(n, 2, generator=generator, device=device)
+    return x.float(), labels
+
+
+def checkerboard(n: int, *, generator=None):
+    """n points uniform over the 8 dark squares of a 4x4 board covering [-2, 2]^2 (square (i, j),
+    column i and row j counted from the lower left, is dark when i + j is even); labels number the
+    dark squares 0..7 in row-major order."""
+    n = _count("n", n)
+    device = _device(generator)
+    labels = torch.randint(0, 8, (n,), generator=generator, device=device)
+    row = labels // 2
+    col = 2 * (labels % 2) + row % 2  # the dark squares of row j start at column j % 2
+    corner = torch.stack([col, row], dim=1).float() - 2.0
+    x = corner + torch.rand(n, 2, generator=generator, device=device)
+    return x, labels

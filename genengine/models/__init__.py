@@ -1,0 +1,12 @@
+"""genengine.models: the generative model families, built on genengine.ops.
+
+    model = ge.models.DiffusionModel(ge.models.MLPDenoiser(2)).fit(x)    # x (N, 2)
+    samples = model.sample(1000)                                         # (1000, 2)
+
+Shapes: each family documents its own in its module (diffusion.py, denoisers.py, ...).
+"""
+
+from .denoisers import MLPDenoiser, UNet
+from .diffusion import DiffusionModel
+
+__all__ = ["DiffusionModel", "UNet", "MLPDenoiser"]
