@@ -130,6 +130,7 @@ if _nvcc and list(CSRC.glob("cuda/*.cu")):
 setup(
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},
-    packages=["genengine", "genengine.ops", "genengine.reference", "genengine.bench", "genengine.kernels"],
+    packages=["genengine", "genengine.ops", "genengine.reference", "genengine.bench", "genengine.kernels", "genengine.diffusion",
+              "genengine.models"],
     package_dir={"genengine.kernels": "kernels"},
 )
