@@ -8,6 +8,7 @@ video (B, C, T, H, W).
 """
 
 import math
+import sys
 
 import pytest
 import torch
@@ -40,6 +41,16 @@ def _fit_ring(num_classes=None, seed=0, epochs=100):
     model = DiffusionModel(MLPDenoiser(2, num_classes=num_classes))
     return model.fit(x, labels=y if num_classes else None, epochs=epochs, batch_size=256, lr=2e-3, generator=g,
                      progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # these models are tiny (a (256, 128) matmul per layer): a second thread buys nothing, and when
+    # the two cores are shared with other jobs, spinning OpenMP threads make a step ~10x slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -263,13 +274,17 @@ def test_fit_options(gen):
     assert len(model.history) == 4
 
 
-def test_fit_progress_bar(capsys, gen):
+def test_fit_progress_bar(capsys, monkeypatch, gen):
     x, _ = data.two_moons(32, generator=gen)
     model = DiffusionModel(MLPDenoiser(2, hidden=16, depth=1))
     model.fit(x, epochs=2, batch_size=16, progress=False)
     assert capsys.readouterr().err == ""
     model.fit(x, epochs=2, batch_size=16, progress=True)
     assert "fit" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # without tqdm: the plain stderr line
+    model.fit(x, epochs=2, batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    assert "fit: 4/4" in err and "loss=" in err
 
 
 def test_bad_inputs(ring_model, cond_ring_model, gen):
