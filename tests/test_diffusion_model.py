@@ -332,6 +332,8 @@ def test_bad_inputs(ring_model, cond_ring_model, gen):
         DiffusionModel(MLPDenoiser(2), prediction="score")
     with pytest.raises(ValueError, match="num_classes: 3 does not match"):
         DiffusionModel(MLPDenoiser(2, num_classes=4), num_classes=3)
+    with pytest.raises(ValueError, match="num_classes: 3 does not match the denoiser's num_classes None"):
+        DiffusionModel(MLPDenoiser(2), num_classes=3)
     with pytest.raises(TypeError, match="denoiser"):
         DiffusionModel(lambda x, t, c: x)
     with pytest.raises(ValueError, match="x: expected shape"):

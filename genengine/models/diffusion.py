@@ -132,7 +132,7 @@ class DiffusionModel(nn.Module):
             num_classes = den_classes
         else:
             num_classes = _positive_int("num_classes", num_classes)
-            if den_classes is not None and den_classes != num_classes:
+            if hasattr(denoiser, "num_classes") and den_classes != num_classes:
                 raise ValueError(f"num_classes: {num_classes} does not match the denoiser's num_classes {den_classes}")
         self.denoiser = denoiser
         self.schedule = schedule
