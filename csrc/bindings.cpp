@@ -20,7 +20,8 @@ void sampler_step(int dtype, int64_t n, int64_t inner, uintptr_t out, uintptr_t 
                   uintptr_t x, uintptr_t cond, uintptr_t uncond, uintptr_t prev,
                   uintptr_t guidance_per_sample, float guidance, float kx, float kp, float ax,
                   float ap, float a0, float aprev, float anoise, bool clip, float clip_lo,
-                  float clip_hi, uint64_t seed, uint64_t offset) {
+                  float clip_hi, uint64_t seed, uint64_t offset, uintptr_t thresholds,
+                  uintptr_t noise_key) {
   ge::StepArgs a;
   a.dtype = dtype;
   a.n = n;
@@ -34,9 +35,36 @@ void sampler_step(int dtype, int64_t n, int64_t inner, uintptr_t out, uintptr_t 
   a.guidance_per_sample = static_cast<const float*>(ptr(guidance_per_sample));
   a.guidance = guidance;
   a.k = ge::StepCoefs{kx, kp, ax, ap, a0, aprev, anoise, clip_lo, clip_hi, clip ? 1 : 0};
+  a.thresholds = static_cast<const float*>(ptr(thresholds));
   a.noise = anoise != 0.0f;
+  if (noise_key) {  // (seed, offset) read now from a CPU int64[2] tensor: uint64 bit patterns
+    const uint64_t* key = static_cast<const uint64_t*>(ptr(noise_key));
+    seed = key[0];
+    offset = key[1];
+  }
   a.key = ge::make_philox_key(seed, offset);
   ge::sampler_step(a);
+}
+
+void dynamic_thresholds(int dtype, int64_t batch, int64_t inner, uintptr_t x, uintptr_t cond,
+                        uintptr_t uncond, uintptr_t guidance_per_sample, float guidance, float kx,
+                        float kp, int64_t rank, float frac, float max_value, uintptr_t thresholds) {
+  ge::ThresholdArgs a;
+  a.dtype = dtype;
+  a.batch = batch;
+  a.inner = inner;
+  a.x = ptr(x);
+  a.cond = ptr(cond);
+  a.uncond = ptr(uncond);
+  a.guidance_per_sample = static_cast<const float*>(ptr(guidance_per_sample));
+  a.guidance = guidance;
+  a.kx = kx;
+  a.kp = kp;
+  a.rank = rank;
+  a.frac = frac;
+  a.max_value = max_value;
+  a.thresholds = static_cast<float*>(ptr(thresholds));
+  ge::dynamic_thresholds(a);
 }
 
 std::string build_flags() {
@@ -62,7 +90,16 @@ std::string isa() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "genengine CPU kernels (C++17, no libtorch link)";
   const auto nogil = py::call_guard<py::gil_scoped_release>();
-  m.def("sampler_step", &sampler_step, nogil);
+  m.def("sampler_step", &sampler_step, nogil, py::arg("dtype"), py::arg("n"), py::arg("inner"),
+        py::arg("out"), py::arg("x0_out"), py::arg("x"), py::arg("cond"), py::arg("uncond"),
+        py::arg("prev"), py::arg("guidance_per_sample"), py::arg("guidance"), py::arg("kx"),
+        py::arg("kp"), py::arg("ax"), py::arg("ap"), py::arg("a0"), py::arg("aprev"),
+        py::arg("anoise"), py::arg("clip"), py::arg("clip_lo"), py::arg("clip_hi"),
+        py::arg("seed"), py::arg("offset"), py::arg("thresholds") = 0, py::arg("noise_key") = 0,
+        "One fused sampler step (csrc/common/step.h). thresholds: optional float32 [batch] "
+        "dynamic thresholds; noise_key: optional int64[2] (seed, offset) read instead of seed/offset.");
+  m.def("dynamic_thresholds", &dynamic_thresholds, nogil,
+        "Per-sample dynamic thresholds of x0 = kx x + kp p into float32 [batch] (cpu/diffusion.h).");
   m.def("philox_fill",
         [](int kind, uintptr_t out, int64_t n, uint64_t seed, uint64_t offset) {
           ge::philox_fill(kind, ptr(out), n, seed, offset);

@@ -21,8 +21,15 @@ namespace cuda {
 void sampler_step(int dtype, int64_t n, int64_t inner, void* out, void* x0_out, const void* x,
                   const void* cond, const void* uncond, const void* prev,
                   const float* guidance_per_sample, float guidance, const StepCoefs& k,
-                  uint64_t seed, uint64_t offset, uintptr_t stream);
+                  uint64_t seed, uint64_t offset, uintptr_t stream, const float* thresholds,
+                  const uint64_t* key);
 const char* compiled_archs();
+// csrc/cuda/threshold.cu
+int64_t threshold_workspace_words();
+void dynamic_thresholds(int dtype, int64_t batch, int64_t inner, const void* x, const void* cond,
+                        const void* uncond, const float* guidance_per_sample, float guidance, float kx,
+                        float kp, int64_t rank, float frac, float max_value, float* thresholds,
+                        void* workspace, uintptr_t stream);
 // csrc/cuda/rng.cu
 void philox_fill(int kind, void* out, int64_t n, uint64_t seed, uint64_t offset, uintptr_t stream);
 }  // namespace cuda
@@ -36,11 +43,23 @@ void sampler_step(int dtype, int64_t n, int64_t inner, uintptr_t out, uintptr_t 
                   uintptr_t x, uintptr_t cond, uintptr_t uncond, uintptr_t prev,
                   uintptr_t guidance_per_sample, float guidance, float kx, float kp, float ax,
                   float ap, float a0, float aprev, float anoise, bool clip, float clip_lo,
-                  float clip_hi, uint64_t seed, uint64_t offset, uintptr_t stream) {
+                  float clip_hi, uint64_t seed, uint64_t offset, uintptr_t stream,
+                  uintptr_t thresholds, uintptr_t noise_key) {
   const ge::StepCoefs k{kx, kp, ax, ap, a0, aprev, anoise, clip_lo, clip_hi, clip ? 1 : 0};
   ge::cuda::sampler_step(dtype, n, inner, ptr(out), ptr(x0_out), ptr(x), ptr(cond), ptr(uncond),
                          ptr(prev), static_cast<const float*>(ptr(guidance_per_sample)), guidance,
-                         k, seed, offset, stream);
+                         k, seed, offset, stream, static_cast<const float*>(ptr(thresholds)),
+                         static_cast<const uint64_t*>(ptr(noise_key)));
+}
+
+void dynamic_thresholds(int dtype, int64_t batch, int64_t inner, uintptr_t x, uintptr_t cond,
+                        uintptr_t uncond, uintptr_t guidance_per_sample, float guidance, float kx,
+                        float kp, int64_t rank, float frac, float max_value, uintptr_t thresholds,
+                        uintptr_t workspace, uintptr_t stream) {
+  ge::cuda::dynamic_thresholds(dtype, batch, inner, ptr(x), ptr(cond), ptr(uncond),
+                               static_cast<const float*>(ptr(guidance_per_sample)), guidance, kx, kp,
+                               rank, frac, max_value, static_cast<float*>(ptr(thresholds)),
+                               ptr(workspace), stream);
 }
 
 // Never raises: no driver, no device or a broken install all read as "no GPU".
@@ -63,8 +82,20 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("prev"), py::arg("guidance_per_sample"), py::arg("guidance"), py::arg("kx"),
         py::arg("kp"), py::arg("ax"), py::arg("ap"), py::arg("a0"), py::arg("aprev"),
         py::arg("anoise"), py::arg("clip"), py::arg("clip_lo"), py::arg("clip_hi"),
-        py::arg("seed"), py::arg("offset"), py::arg("stream") = 0,
-        "One fused sampler step (see csrc/common/step.h), asynchronous on `stream`.");
+        py::arg("seed"), py::arg("offset"), py::arg("stream") = 0, py::arg("thresholds") = 0,
+        py::arg("noise_key") = 0,
+        "One fused sampler step (see csrc/common/step.h), asynchronous on `stream`. thresholds: "
+        "optional float32 [batch] dynamic thresholds; noise_key: optional device uint64[2] "
+        "(seed, offset) the kernel reads instead of seed/offset.");
+  m.def("dynamic_thresholds", &dynamic_thresholds, nogil, py::arg("dtype"), py::arg("batch"),
+        py::arg("inner"), py::arg("x"), py::arg("cond"), py::arg("uncond"),
+        py::arg("guidance_per_sample"), py::arg("guidance"), py::arg("kx"), py::arg("kp"),
+        py::arg("rank"), py::arg("frac"), py::arg("max_value"), py::arg("thresholds"),
+        py::arg("workspace"), py::arg("stream") = 0,
+        "Per-sample dynamic thresholds into float32 [batch] (cuda/threshold.cu); workspace: "
+        "batch * threshold_workspace_words() zeroed uint64 words.");
+  m.def("threshold_workspace_words", &ge::cuda::threshold_workspace_words,
+        "uint64 words of workspace per sample that dynamic_thresholds needs.");
   m.def("philox_fill",
         [](int kind, uintptr_t out, int64_t n, uint64_t seed, uint64_t offset, uintptr_t stream) {
           ge::cuda::philox_fill(kind, ptr(out), n, seed, offset, stream);

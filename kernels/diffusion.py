@@ -5,10 +5,14 @@ ancestral, DPM-Solver++(2M)), one pass over the latent. Per element i (float32 m
 operations in the same order as the C++ kernel):
   p   = uncond + w * (cond - uncond)     with uncond (w = guidance_per_sample[i // inner] or guidance)
       = cond                              without
-  x0  = kx * x + kp * p,  clamped to [clip_lo, clip_hi] when clipping (NaN passes through)
+  x0  = kx * x + kp * p,  clamped to [clip_lo, clip_hi] when clipping (NaN passes through),
+        or clamp(x0, -s, s) / s with s = thresholds[i // inner] (dynamic thresholding; the
+        per-sample s come from kernels/threshold.py)
   out = ax * x + ap * p + a0 * x0 + aprev * prev + anoise * z
   x0_out[i] = x0                          when asked for
-where z is normal number i of the Philox stream (seed, offset) (kernels/rng.py), and the prev / z
+where z is normal number i of the Philox stream (seed, offset) (kernels/rng.py) -- or of the stream
+whose (seed, offset) the kernel loads from noise_key (int64 [2], uint64 bit patterns) when given, so
+a captured CUDA graph draws with whatever key is in that memory at replay -- and the prev / z
 terms are zero when prev is not given / anoise is 0 in float32 (like the C++ kernel, a zero term is
 still added, so signed zeros come out the same).
 
@@ -63,13 +67,14 @@ def _from_f32(v, dtype: tl.constexpr):
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _sampler_step_kernel(
-    out_ptr, x0_ptr, x_ptr, cond_ptr, uncond_ptr, prev_ptr, gps_ptr,
+    out_ptr, x0_ptr, x_ptr, cond_ptr, uncond_ptr, prev_ptr, gps_ptr, thr_ptr, key_ptr,
     n, inner,
     guidance, kx, kp, ax, ap, a0, aprev, anoise, clip_lo, clip_hi,
     seed_lo, seed_hi, off_lo, off_hi,
     HAS_UNCOND: tl.constexpr, PER_SAMPLE_GUIDANCE: tl.constexpr, HAS_PREV: tl.constexpr,
     HAS_NOISE: tl.constexpr, WRITE_X0: tl.constexpr, CLIP: tl.constexpr,
     INNER_I32: tl.constexpr, BLOCK: tl.constexpr,
+    THRESH: tl.constexpr = False, KEY_PTR: tl.constexpr = False, NEED_SAMPLE: tl.constexpr = False,
 ):
     ROWS: tl.constexpr = BLOCK // 4
     pid = tl.program_id(0).to(tl.int64)
@@ -81,16 +86,17 @@ def _sampler_step_kernel(
 
     x = _to_f32(tl.load(x_ptr + offs, mask=mask, other=0.0))
     c = _to_f32(tl.load(cond_ptr + offs, mask=mask, other=0.0))
+    if NEED_SAMPLE:
+        # sample = offs // inner, with one int64 division per program and int32 ones per element
+        s0 = start // inner
+        r = start - s0 * inner + local                   # < inner + BLOCK
+        if INNER_I32:
+            sample = s0 + (r.to(tl.int32) // inner)  # inner is int32 here
+        else:
+            sample = s0 + r // inner
     if HAS_UNCOND:
         u = _to_f32(tl.load(uncond_ptr + offs, mask=mask, other=0.0))
         if PER_SAMPLE_GUIDANCE:
-            # sample = offs // inner, with one int64 division per program and int32 ones per element
-            s0 = start // inner
-            r = start - s0 * inner + local                   # < inner + BLOCK
-            if INNER_I32:
-                sample = s0 + (r.to(tl.int32) // inner)  # inner is int32 here
-            else:
-                sample = s0 + r // inner
             w = tl.load(gps_ptr + sample, mask=mask, other=0.0)
             p = u + w * (c - u)
         else:
@@ -102,6 +108,11 @@ def _sampler_step_kernel(
     if CLIP:
         x0 = tl.where(x0 < clip_lo, clip_lo, x0)
         x0 = tl.where(x0 > clip_hi, clip_hi, x0)
+    if THRESH:
+        s = tl.load(thr_ptr + sample, mask=mask, other=1.0)
+        x0 = tl.where(x0 < -s, -s, x0)
+        x0 = tl.where(x0 > s, s, x0)
+        x0 = x0 / s
 
     acc = ax * x + ap * p
     acc = acc + a0 * x0
@@ -116,7 +127,20 @@ def _sampler_step_kernel(
         b0 = pid * ROWS
         lo = b0.to(tl.uint32) + rows.to(tl.uint32)
         hi = (b0 >> 32).to(tl.uint32) + tl.zeros_like(lo)
-        z0, z1, z2, z3 = _normal4_lohi(_u32(seed_lo), _u32(seed_hi), _u32(off_lo), _u32(off_hi), lo, hi)
+        if KEY_PTR:
+            # the key as it is in memory now (int64 bit patterns of the uint64 seed and offset)
+            seed = tl.load(key_ptr)
+            off = tl.load(key_ptr + 1)
+            k0 = seed.to(tl.uint32)
+            k1 = (seed >> 32).to(tl.uint32)
+            o0 = off.to(tl.uint32)
+            o1 = (off >> 32).to(tl.uint32)
+        else:
+            k0 = _u32(seed_lo)
+            k1 = _u32(seed_hi)
+            o0 = _u32(off_lo)
+            o1 = _u32(off_hi)
+        z0, z1, z2, z3 = _normal4_lohi(k0, k1, o0, o1, lo, hi)
         z = interleave4(z0, z1, z2, z3)
         acc = acc + anoise * z
     else:
@@ -145,13 +169,16 @@ def _check(name, t, ref):
 
 
 def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidance, kx, kp, ax, ap,
-                 a0, aprev, anoise, clip, clip_lo, clip_hi, seed, offset, inner):
+                 a0, aprev, anoise, clip, clip_lo, clip_hi, seed, offset, inner, thresholds=None, noise_key=None):
     """One fused sampler step (see the module docstring); writes out (and x0_out) and returns out.
 
     out, x, cond (and x0_out, uncond, prev when not None): contiguous, one dtype (float32,
     bfloat16, float16), n = x.numel() elements each. guidance_per_sample: None or float32 [batch]
     (used only with uncond), element i uses weight i // inner. The coefficients are rounded to
-    float32; seed and offset (the Philox stream of the noise) are taken modulo 2^64."""
+    float32; seed and offset (the Philox stream of the noise) are taken modulo 2^64.
+    thresholds: None or float32 [batch] dynamic thresholds (then clip must be False).
+    noise_key: None or a contiguous int64 [2] tensor on x's device, read by the kernel in place of
+    seed and offset."""
     if x.dtype not in _DTYPES:
         raise TypeError(f"sampler_step: dtype {x.dtype} not supported (float32, bfloat16, float16)")
     for name, t in (("out", out), ("x0_out", x0_out), ("cond", cond), ("uncond", uncond), ("prev", prev)):
@@ -169,6 +196,17 @@ def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidan
         if g.numel() < (n + inner - 1) // inner:
             raise ValueError(f"sampler_step: guidance_per_sample has {g.numel()} weights, "
                              f"needs {(n + inner - 1) // inner} (n={n}, inner={inner})")
+    thresh = thresholds is not None
+    if thresh:
+        t = thresholds
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.device != x.device or t.numel() * inner < n:
+            raise ValueError("sampler_step: thresholds must be a contiguous float32 [batch] tensor on x's device")
+        if clip:
+            raise ValueError("sampler_step: clip and thresholds are exclusive")
+    if noise_key is not None:
+        k = noise_key
+        if k.dtype != torch.int64 or k.numel() != 2 or not k.is_contiguous() or k.device != x.device:
+            raise ValueError("sampler_step: noise_key must be a contiguous int64 tensor of 2 elements on x's device")
     if n == 0:
         return out
     s0, s1 = split_u64(seed)
@@ -178,6 +216,7 @@ def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidan
         out, x0_out if x0_out is not None else out, x, cond,
         uncond if uncond is not None else x, prev if prev is not None else x,
         guidance_per_sample if per_sample else x,
+        thresholds if thresh else x, noise_key if noise_key is not None else x,
         n, inner,
         float(guidance), float(kx), float(kp), float(ax), float(ap), float(a0), float(aprev),
         float(anoise), float(clip_lo), float(clip_hi),
@@ -185,6 +224,7 @@ def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidan
         HAS_UNCOND=uncond is not None, PER_SAMPLE_GUIDANCE=per_sample, HAS_PREV=prev is not None,
         HAS_NOISE=_f32_nonzero(anoise), WRITE_X0=x0_out is not None, CLIP=bool(clip),
         INNER_I32=inner + STEP_BLOCK < 2**31, BLOCK=STEP_BLOCK,
+        THRESH=thresh, KEY_PTR=noise_key is not None, NEED_SAMPLE=per_sample or thresh,
         num_warps=STEP_NUM_WARPS,
     )
     return out

@@ -3,9 +3,11 @@
 //
 // Every supported sampler step (DDPM, DDIM, Euler, Euler ancestral, DPM-Solver++(2M)) with every
 // prediction type is, per element, an affine map of the model prediction p and the sample x, with
-// one non-linearity (clipping of the predicted x0) in the middle:
+// one non-linearity (clipping or dynamic thresholding of the predicted x0) in the middle:
 //   p    = uncond + w * (cond - uncond)             (classifier-free guidance; p = cond without it)
-//   x0   = kx * x + kp * p,  clamped to [lo, hi] when clipping
+//   x0   = kx * x + kp * p,  clamped to [lo, hi] when clipping,
+//          or clamp(x0, -s_b, s_b) / s_b with the per-sample threshold s_b (dynamic thresholding,
+//          s_b from a per-sample selection pass over |x0|: csrc/cpu/threshold.cpp)
 //   out  = ax * x + ap * p + a0 * x0 + aprev * prev_x0 + anoise * z,   z ~ N(0, 1) from Philox
 // The Python side computes the coefficients in float64 once per step; the kernel does float32 math.
 #pragma once
@@ -33,6 +35,35 @@ GE_HD float guided(float cond, float uncond, float w) { return uncond + w * (con
 GE_HD float predicted_x0(const StepCoefs& k, float x, float p) {
   const float x0 = k.kx * x + k.kp * p;
   return k.clip ? clamp_keep_nan(x0, k.clip_lo, k.clip_hi) : x0;
+}
+
+// Dynamic thresholding (Imagen): s is the sample's threshold (>= 1, or NaN when the sample's x0
+// holds a NaN, which then spreads to the whole sample, as torch.quantile does). A true division,
+// not a multiply by 1/s, so that every backend rounds the same way.
+GE_HD float thresholded_x0(const StepCoefs& k, float x, float p, float s) {
+  return clamp_keep_nan(k.kx * x + k.kp * p, -s, s) / s;
+}
+
+// Sort key of |v| for the per-sample selection: the bits of a non-negative float grow with its
+// value, so order statistics of |x0| are order statistics of these uint32 keys. Every NaN maps to
+// 0x7FFFFFFF, the largest key and alone in the top bin of the first 11-bit digit (inf is 0x7F800000).
+GE_HD uint32_t abs_key(float v) {
+  const uint32_t a = float_to_bits(v) & 0x7FFFFFFFu;
+  return a > 0x7F800000u ? 0x7FFFFFFFu : a;
+}
+
+// The selection runs in three radix passes over the key's 31 bits: digits of 11, 10 and 10 bits.
+constexpr int kSelectPasses = 3;
+GE_HD int select_shift(int pass) { return pass == 0 ? 20 : (pass == 1 ? 10 : 0); }
+GE_HD int select_bits(int pass) { return pass == 0 ? 11 : 10; }
+constexpr int kSelectBins = 2048;             // bins of the widest digit
+constexpr uint32_t kNaNDigit = 0x7FFu;        // first-pass bin that holds exactly the NaNs
+
+// torch.quantile's linear interpolation (torch.lerp's two-sided form) between the order statistics
+// lo <= hi at weight frac in [0, 1), then clamped to [1, max_value] (NaN passes).
+GE_HD float threshold_from_order_stats(float lo, float hi, float frac, float max_value) {
+  const float q = frac < 0.5f ? lo + frac * (hi - lo) : hi - (hi - lo) * (1.0f - frac);
+  return clamp_keep_nan(q, 1.0f, max_value);
 }
 
 GE_HD float step_update(const StepCoefs& k, float x, float p, float x0, float prev, float z) {

@@ -6,7 +6,8 @@
 // inputs present (uncond, prev_x0, noise, an x0 term, an x0 output) is its own template instance,
 // a straight loop the compiler vectorises with no dead loads and no staging buffers, and when no
 // x0 term is needed the guidance is folded into the coefficients (out = cx x + cc cond + cu uncond).
-// Per-sample guidance splits the range at sample boundaries so the weight is a loop constant.
+// Per-sample guidance and dynamic thresholding split the range at sample boundaries so the weight
+// and the threshold are loop constants (the thresholds come from threshold.cpp, run before).
 // Noise element i is normal number i of the Philox stream (seed, offset), generated in blocks of
 // kNormalBatch in L1, so the result does not depend on threading or chunking.
 #include "diffusion.h"
@@ -22,8 +23,8 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // elements per parallel chunk (a multiple of 4)
 
-template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0>
-inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64_t i0, int64_t i1, float w) {
+template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH>
+inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64_t i0, int64_t i1, float w, float s) {
   const T* __restrict x = static_cast<const T*>(a.x);
   const T* __restrict cond = static_cast<const T*>(a.cond);
   const T* __restrict uncond = static_cast<const T*>(a.uncond);
@@ -34,7 +35,7 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
   // without an x0 term: out = cx x + cc cond + cu uncond (+ noise); else the full form of step.h
   const float cc = UNCOND ? k.ap * w : k.ap, cu = k.ap * (1.0f - w);
   const float inf = std::numeric_limits<float>::infinity();
-  const float lo = k.clip ? k.clip_lo : -inf, hi = k.clip ? k.clip_hi : inf;
+  const float lo = THRESH ? -s : (k.clip ? k.clip_lo : -inf), hi = THRESH ? s : (k.clip ? k.clip_hi : inf);
 
   auto element = [&](int64_t i, float z) __attribute__((always_inline)) {
     const float xv = to_float(x[i]);
@@ -45,7 +46,8 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
       if constexpr (UNCOND) o = o + cu * to_float(uncond[i]);
     } else {
       const float p = UNCOND ? guided(cv, to_float(uncond[i]), w) : cv;
-      const float x0 = clamp_keep_nan(k.kx * xv + k.kp * p, lo, hi);
+      float x0 = clamp_keep_nan(k.kx * xv + k.kp * p, lo, hi);
+      if constexpr (THRESH) x0 = x0 / s;  // = thresholded_x0 (step.h)
       o = k.ax * xv + k.ap * p + k.a0 * x0;
       if constexpr (PREV) o = o + k.aprev * to_float(prev[i]);
       if constexpr (WRITE_X0) x0_out[i] = from_float<T>(x0);
@@ -71,16 +73,19 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
   }
 }
 
-template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0>
+template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH>
 inline __attribute__((always_inline)) void step_range(const StepArgs& a, int64_t begin, int64_t end) {
-  if (!UNCOND || !a.guidance_per_sample) {
-    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0>(a, begin, end, a.guidance);
+  const bool per_sample_w = UNCOND && a.guidance_per_sample;
+  if (!per_sample_w && !THRESH) {
+    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH>(a, begin, end, a.guidance, 1.0f);
     return;
   }
-  for (int64_t i = begin; i < end;) {  // one segment per sample: the weight is a loop constant
+  for (int64_t i = begin; i < end;) {  // one segment per sample: weight and threshold are loop constants
     const int64_t b = i / a.inner;
     const int64_t seg_end = std::min(end, (b + 1) * a.inner);
-    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0>(a, i, seg_end, a.guidance_per_sample[b]);
+    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH>(a, i, seg_end,
+                                                               per_sample_w ? a.guidance_per_sample[b] : a.guidance,
+                                                               THRESH ? a.thresholds[b] : 1.0f);
     i = seg_end;
   }
 }
@@ -88,19 +93,25 @@ inline __attribute__((always_inline)) void step_range(const StepArgs& a, int64_t
 template <typename T>
 inline __attribute__((always_inline)) void step_dispatch(const StepArgs& a, int64_t begin, int64_t end) {
   const bool write_x0 = a.x0_out != nullptr;
-  const bool x0_term = write_x0 || a.k.clip || a.k.a0 != 0.0f || a.prev != nullptr;
-  const int flags = (a.uncond ? 1 : 0) | (x0_term ? 2 : 0) | (a.prev ? 4 : 0) | (a.noise ? 8 : 0) | (write_x0 ? 16 : 0);
+  const bool thresh = a.thresholds != nullptr;
+  const bool x0_term = write_x0 || a.k.clip || thresh || a.k.a0 != 0.0f || a.prev != nullptr;
+  const int flags = (a.uncond ? 1 : 0) | (x0_term ? 2 : 0) | (a.prev ? 4 : 0) | (a.noise ? 8 : 0) | (write_x0 ? 16 : 0) |
+                    (thresh ? 32 : 0);
   switch (flags) {
 #define GE_STEP_CASE(F)                                                                                     \
   case F:                                                                                                   \
-    return step_range<T, ((F) & 1) != 0, ((F) & 2) != 0, ((F) & 4) != 0, ((F) & 8) != 0, ((F) & 16) != 0>( \
-        a, begin, end);
-    // x0_term is set whenever prev or write_x0 is, so only these 20 combinations occur
+    return step_range<T, ((F) & 1) != 0, ((F) & 2) != 0, ((F) & 4) != 0, ((F) & 8) != 0, ((F) & 16) != 0, \
+                      ((F) & 32) != 0>(a, begin, end);
+    // x0_term is set whenever prev, write_x0 or thresholding is, so only these 36 combinations occur
     GE_STEP_CASE(0) GE_STEP_CASE(1) GE_STEP_CASE(8) GE_STEP_CASE(9)
     GE_STEP_CASE(2) GE_STEP_CASE(3) GE_STEP_CASE(10) GE_STEP_CASE(11)
     GE_STEP_CASE(6) GE_STEP_CASE(7) GE_STEP_CASE(14) GE_STEP_CASE(15)
     GE_STEP_CASE(18) GE_STEP_CASE(19) GE_STEP_CASE(26) GE_STEP_CASE(27)
     GE_STEP_CASE(22) GE_STEP_CASE(23) GE_STEP_CASE(30) GE_STEP_CASE(31)
+    GE_STEP_CASE(34) GE_STEP_CASE(35) GE_STEP_CASE(42) GE_STEP_CASE(43)
+    GE_STEP_CASE(38) GE_STEP_CASE(39) GE_STEP_CASE(46) GE_STEP_CASE(47)
+    GE_STEP_CASE(50) GE_STEP_CASE(51) GE_STEP_CASE(58) GE_STEP_CASE(59)
+    GE_STEP_CASE(54) GE_STEP_CASE(55) GE_STEP_CASE(62) GE_STEP_CASE(63)
 #undef GE_STEP_CASE
     default: break;
   }

@@ -6,6 +6,11 @@
 //   x, cond, uncond, prev, out, x0_out   n elements of one dtype (float32, bfloat16 or float16),
 //                                        flattened [batch, ...]; uncond, prev, x0_out optional
 //   guidance_per_sample                   optional float32 [batch]; element i uses entry i / inner
+//   thresholds                            optional float32 [batch] dynamic thresholds (threshold.cu):
+//                                        x0 = clamp(x0, -s, s) / s with s = thresholds[i / inner]
+//   key                                   optional uint64 [2] (seed, offset) in device memory, read
+//                                        by the kernel instead of the host-side seed and offset, so
+//                                        a captured CUDA graph replays with the key written there
 // Noise element i is normal number i of the Philox stream (seed, offset), as on the CPU, so the
 // result does not depend on the launch geometry and a CPU and a GPU run of the same step agree up
 // to float32 rounding: nvcc contracts a * b + c into FMAs where the CPU build (-ffp-contract=off)
@@ -39,10 +44,19 @@ struct StepParams {
   const void* uncond;                // may be null
   const void* prev;                  // may be null
   const float* guidance_per_sample;  // may be null; only read when guiding
+  const float* thresholds;           // may be null: no dynamic thresholding
+  const uint64_t* key_ptr;           // may be null: use key
   float guidance;
   StepCoefs k;
   PhiloxKey key;
 };
+
+// The noise key of this launch: read from device memory when given (one 16-byte load per thread,
+// outside the element loops).
+__device__ __forceinline__ PhiloxKey launch_key(const StepParams& p) {
+  if (p.key_ptr == nullptr) return p.key;
+  return make_philox_key(__ldg(p.key_ptr), __ldg(p.key_ptr + 1));
+}
 
 // (i / inner, i % inner), carried along a grid-stride loop with adds instead of a 64-bit division
 // (tens of instructions) per iteration.
@@ -82,6 +96,25 @@ __device__ __forceinline__ void guidance_weights(const StepParams& p, const Samp
   }
 }
 
+// Per-sample values table[(i + j) / inner] for j < kLen, where the cursor is at i (entries past
+// `valid` are not read: they could index past the last sample).
+template <int kLen>
+__device__ __forceinline__ void sample_values(const float* __restrict__ table, const SampleCursor& c,
+                                              int64_t inner, int valid, float* v) {
+  if (c.r + kLen <= inner) {
+    const float t = __ldg(table + c.q);
+#pragma unroll
+    for (int j = 0; j < kLen; ++j) v[j] = t;
+  } else {
+    int64_t q = c.q, r = c.r;
+#pragma unroll
+    for (int j = 0; j < kLen; ++j) {
+      v[j] = j < valid ? __ldg(table + q) : 1.0f;
+      if (++r == inner) { r = 0; ++q; }
+    }
+  }
+}
+
 // Normals 4 * block0 .. 4 * (block0 + kBlocks) - 1 of the stream.
 template <int kBlocks>
 __device__ __forceinline__ void normals(const PhiloxKey& key, uint64_t block0, float* z) {
@@ -97,14 +130,14 @@ __device__ __forceinline__ void normals(const PhiloxKey& key, uint64_t block0, f
 // Absent prev / noise come in as zeros, exactly like the CPU kernel (so a NaN or inf coefficient
 // behaves the same on both).
 template <int kLen>
-__device__ __forceinline__ void combine(const StepCoefs& k, bool has_uncond, const float* x,
+__device__ __forceinline__ void combine(const StepCoefs& k, bool has_uncond, bool thresh, const float* x,
                                         const float* cond, const float* uncond, const float* w,
-                                        const float* prev, const float* z, float* out,
+                                        const float* s, const float* prev, const float* z, float* out,
                                         float* x0) {
 #pragma unroll
   for (int j = 0; j < kLen; ++j) {
     const float p = has_uncond ? guided(cond[j], uncond[j], w[j]) : cond[j];
-    x0[j] = predicted_x0(k, x[j], p);
+    x0[j] = thresh ? thresholded_x0(k, x[j], p, s[j]) : predicted_x0(k, x[j], p);
     out[j] = step_update(k, x[j], p, x0[j], prev[j], z[j]);
   }
 }
@@ -112,8 +145,8 @@ __device__ __forceinline__ void combine(const StepCoefs& k, bool has_uncond, con
 // Elements 4g .. min(4g + 4, n) - 1 with scalar loads: one Philox block. The flags are compile-time
 // constants when called from the vector kernel and run-time values in the fallback kernel.
 template <typename T>
-__device__ __forceinline__ void step_group4(const StepParams& p, int64_t g, bool has_uncond,
-                                            bool has_noise, bool has_prev) {
+__device__ __forceinline__ void step_group4(const StepParams& p, const PhiloxKey& key, int64_t g,
+                                            bool has_uncond, bool has_noise, bool has_prev) {
   const T* __restrict__ x = static_cast<const T*>(p.x);
   const T* __restrict__ cond = static_cast<const T*>(p.cond);
   const T* __restrict__ uncond = static_cast<const T*>(p.uncond);
@@ -122,23 +155,24 @@ __device__ __forceinline__ void step_group4(const StepParams& p, int64_t g, bool
   T* __restrict__ x0_out = static_cast<T*>(p.x0_out);
   const int64_t i0 = 4 * g;
   const int valid = int(p.n - i0 < 4 ? p.n - i0 : 4);
-  float xs[4], cs[4], us[4], ws[4], ps[4], zs[4], os[4], x0s[4];
+  float xs[4], cs[4], us[4], ws[4], ss[4], ps[4], zs[4], os[4], x0s[4];
+  const bool thresh = p.thresholds != nullptr;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     const bool in = j < valid;
+    ss[j] = 1.0f;
     xs[j] = in ? to_float(x[i0 + j]) : 0.0f;
     cs[j] = in ? to_float(cond[i0 + j]) : 0.0f;
     us[j] = in && has_uncond ? to_float(uncond[i0 + j]) : 0.0f;
     ps[j] = in && has_prev ? to_float(prev[i0 + j]) : 0.0f;
     zs[j] = 0.0f;
   }
-  if (has_uncond) {
-    SampleCursor c;
-    if (p.guidance_per_sample) c.init(i0, p.inner);
-    guidance_weights<4>(p, c, valid, ws);
-  }
-  if (has_noise) normals<1>(p.key, uint64_t(g), zs);
-  combine<4>(p.k, has_uncond, xs, cs, us, ws, ps, zs, os, x0s);
+  SampleCursor c;
+  if (thresh || (has_uncond && p.guidance_per_sample)) c.init(i0, p.inner);
+  if (has_uncond) guidance_weights<4>(p, c, valid, ws);
+  if (thresh) sample_values<4>(p.thresholds, c, p.inner, valid, ss);
+  if (has_noise) normals<1>(key, uint64_t(g), zs);
+  combine<4>(p.k, has_uncond, thresh, xs, cs, us, ws, ss, ps, zs, os, x0s);
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     if (j < valid) {
@@ -149,11 +183,12 @@ __device__ __forceinline__ void step_group4(const StepParams& p, int64_t g, bool
 }
 
 // Main path: every pointer is 16-byte aligned. Thread t handles vectors t, t + stride, ...
-// kClip and kPerSample are run-time uniforms (k.clip, guidance_per_sample != null) turned into
-// constants by a branch outside the loop, so the common loops carry neither the clamp selects nor
-// the sample-index bookkeeping (together ~18% of the instructions of the guided + noise loop on sm_90a).
-template <typename T, bool kUncond, bool kNoise, bool kPrev, bool kClip, bool kPerSample>
-__device__ __forceinline__ void step_vec_loop(const StepParams& p) {
+// kClip, kThresh and kPerSample are run-time uniforms (k.clip, thresholds != null,
+// guidance_per_sample != null) turned into constants by a branch outside the loop, so the common
+// loops carry neither the clamp selects nor the sample-index bookkeeping (together ~18% of the
+// instructions of the guided + noise loop on sm_90a).
+template <typename T, bool kUncond, bool kNoise, bool kPrev, bool kClip, bool kThresh, bool kPerSample>
+__device__ __forceinline__ void step_vec_loop(const StepParams& p, const PhiloxKey& key) {
   constexpr int V = Vec16<T>::kWidth;
   static_assert(V % 4 == 0, "a vector must hold whole Philox blocks");
   const T* __restrict__ x = static_cast<const T*>(p.x);
@@ -172,7 +207,8 @@ __device__ __forceinline__ void step_vec_loop(const StepParams& p) {
   SampleCursor cur;
   int64_t dq = 0, dr = 0;
   constexpr bool per_sample = kUncond && kPerSample;
-  if (per_sample) {
+  constexpr bool track_sample = per_sample || kThresh;
+  if (track_sample) {
     cur.init(tid * V, p.inner);
     dq = (stride * V) / p.inner;
     dr = stride * V - dq * p.inner;
@@ -180,7 +216,7 @@ __device__ __forceinline__ void step_vec_loop(const StepParams& p) {
 
   for (int64_t v = tid; v < nvec; v += stride) {
     const int64_t i = v * V;
-    float xs[V], cs[V], us[V], ws[V], ps[V], zs[V], os[V], x0s[V];
+    float xs[V], cs[V], us[V], ws[V], ss[V], ps[V], zs[V], os[V], x0s[V];
     // loads first, so they are in flight while the RNG runs
     load16(x, i, xs);
     load16(cond, i, cs);
@@ -192,16 +228,17 @@ __device__ __forceinline__ void step_vec_loop(const StepParams& p) {
       for (int j = 0; j < V; ++j) ps[j] = 0.0f;
     }
     if (kUncond) guidance_weights<V, per_sample ? 1 : 0>(p, cur, V, ws);
+    if (kThresh) sample_values<V>(p.thresholds, cur, p.inner, V, ss);
     if (kNoise) {
-      normals<V / 4>(p.key, uint64_t(i / 4), zs);
+      normals<V / 4>(key, uint64_t(i / 4), zs);
     } else {
 #pragma unroll
       for (int j = 0; j < V; ++j) zs[j] = 0.0f;
     }
-    combine<V>(k, kUncond, xs, cs, us, ws, ps, zs, os, x0s);
+    combine<V>(k, kUncond, kThresh, xs, cs, us, ws, ss, ps, zs, os, x0s);
     store16(out, i, os);
     if (x0_out) store16(x0_out, i, x0s);
-    if (per_sample) cur.advance(dq, dr, p.inner);
+    if (track_sample) cur.advance(dq, dr, p.inner);
   }
 }
 
@@ -210,18 +247,22 @@ template <typename T, bool kUncond, bool kNoise, bool kPrev>
 __global__ void __launch_bounds__(kThreads) step_vec_kernel(const StepParams p) {
   constexpr int V = Vec16<T>::kWidth;
   const bool per_sample = kUncond && p.guidance_per_sample != nullptr;
-  if (p.k.clip) {
-    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, true, kUncond>(p);
-    else step_vec_loop<T, kUncond, kNoise, kPrev, true, false>(p);
+  const PhiloxKey key = kNoise ? launch_key(p) : p.key;
+  if (p.thresholds) {  // the Python side never combines clipping and thresholding
+    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, false, true, kUncond>(p, key);
+    else step_vec_loop<T, kUncond, kNoise, kPrev, false, true, false>(p, key);
+  } else if (p.k.clip) {
+    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, true, false, kUncond>(p, key);
+    else step_vec_loop<T, kUncond, kNoise, kPrev, true, false, false>(p, key);
   } else {
-    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, false, kUncond>(p);
-    else step_vec_loop<T, kUncond, kNoise, kPrev, false, false>(p);
+    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, false, false, kUncond>(p, key);
+    else step_vec_loop<T, kUncond, kNoise, kPrev, false, false, false>(p, key);
   }
 
   const int64_t tail = p.n / V * V;  // a multiple of 4: the tail is whole Philox blocks
   const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (tail < p.n && tid < (p.n - tail + 3) / 4) {
-    step_group4<T>(p, tail / 4 + tid, kUncond, kNoise, kPrev);
+    step_group4<T>(p, key, tail / 4 + tid, kUncond, kNoise, kPrev);
   }
 }
 
@@ -233,8 +274,9 @@ __global__ void __launch_bounds__(kThreads) step_scalar_kernel(const StepParams 
   const bool has_uncond = p.uncond != nullptr;
   const bool has_noise = p.k.anoise != 0.0f;
   const bool has_prev = p.prev != nullptr;
+  const PhiloxKey key = has_noise ? launch_key(p) : p.key;
   for (int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; g < groups; g += stride) {
-    step_group4<T>(p, g, has_uncond, has_noise, has_prev);
+    step_group4<T>(p, key, g, has_uncond, has_noise, has_prev);
   }
 }
 
@@ -285,7 +327,8 @@ void launch_typed(const StepParams& p, cudaStream_t stream) {
 void sampler_step(int dtype, int64_t n, int64_t inner, void* out, void* x0_out, const void* x,
                   const void* cond, const void* uncond, const void* prev,
                   const float* guidance_per_sample, float guidance, const StepCoefs& k,
-                  uint64_t seed, uint64_t offset, uintptr_t stream) {
+                  uint64_t seed, uint64_t offset, uintptr_t stream, const float* thresholds,
+                  const uint64_t* key) {
   if (dtype < kFloat32 || dtype > kFloat16) {
     throw std::runtime_error("genengine._cuda.sampler_step: unsupported dtype code " +
                              std::to_string(dtype));
@@ -305,6 +348,8 @@ void sampler_step(int dtype, int64_t n, int64_t inner, void* out, void* x0_out, 
   p.uncond = uncond;
   p.prev = prev;
   p.guidance_per_sample = guidance_per_sample;
+  p.thresholds = thresholds;
+  p.key_ptr = key;
   p.guidance = guidance;
   p.k = k;
   p.key = make_philox_key(seed, offset);

@@ -4,9 +4,27 @@ Each public step folds its sampler's formula into per-step coefficients (compute
 from the scalars) and runs one generic fused kernel that does, per element:
     p   = uncond + w * (model_out - uncond)          classifier-free guidance (p = model_out without)
     x0  = kx * x + kp * p, clamped when clipping     prediction conversion (epsilon / v / x0)
+          or dynamically thresholded (see below)
     out = ax * x + ap * p + a0 * x0 + aprev * prev_x0 + anoise * z,  z ~ N(0, 1) (Philox, in-kernel)
 (see csrc/common/step.h). The plain-PyTorch formulas these must equal live in
 genengine/reference/diffusion.py.
+
+Dynamic thresholding (Saharia et al. 2022, `dynamic_threshold=(ratio, max_value)`, diffusers'
+`dynamic_thresholding_ratio` and `sample_max_value`): per sample b, over all its elements,
+    s_b = clamp(quantile(|x0_b|, ratio), 1, max_value)      (torch.quantile, linear interpolation)
+    x0  = clamp(x0, -s_b, s_b) / s_b
+A first kernel selects the two order statistics per sample (radix select over the bits of |x0|,
+x0 recomputed on the fly, never stored, no sort) and returns s (float32 [B]); the step kernel then
+reads s per sample. A NaN in a sample's x0 makes s_b NaN, hence the sample's whole x0 and output
+NaN (torch.quantile's rule); an inf among the interpolated order statistics does the same (torch.lerp).
+Autograd differentiates through s_b (the two selected elements carry its gradient, as for
+torch.quantile).
+
+noise_key: instead of `generator`, an int64 tensor of shape (2,) on x's device holding the Philox
+(seed, offset) as the signed int64 bit patterns of the two uint64 words. The kernels read it when
+they run (the torch backend reads it with .tolist()), so a CUDA graph captured around a step
+replays with whatever key was written into the tensor; the noise equals the noise of a generator
+that draws the same (seed, offset) (see genengine.ops.draw_key).
 
 Shapes: x is any shape whose first dimension is the batch B (latents (B, C, H, W), video
 (B, C, T, H, W), audio (B, C, L), or even 1-D). model_out is x's shape, or (2B, ...) with the
@@ -85,6 +103,41 @@ def _clip_range(clip_x0):
     return True, lo, hi
 
 
+def _dynamic_threshold(dynamic_threshold, clip):
+    """None or (ratio, max_value), checked; clip is _clip_range's result."""
+    if dynamic_threshold is None or dynamic_threshold is False:
+        return None
+    if not isinstance(dynamic_threshold, (tuple, list)) or len(dynamic_threshold) != 2:
+        raise TypeError(f"dynamic_threshold: expected None or a (ratio, max_value) pair, got {dynamic_threshold!r}")
+    ratio = _scalar("dynamic_threshold", dynamic_threshold[0])
+    max_value = _scalar("dynamic_threshold", dynamic_threshold[1])
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"dynamic_threshold: the ratio (a quantile) must be in (0, 1], got {ratio}")
+    if not max_value >= 1.0:
+        raise ValueError(f"dynamic_threshold: max_value must be >= 1 (thresholds are clamped to [1, max_value]), "
+                         f"got {max_value}")
+    if clip[0]:
+        raise ValueError("clip_x0, dynamic_threshold: pass one or the other (both would clamp x0)")
+    return ratio, max_value
+
+
+def _noise_key(noise_key, x, generator):
+    """None, or noise_key checked: an int64 (2,) tensor on x's device (contiguous; an offset view is fine)."""
+    if noise_key is None:
+        return None
+    if generator is not None:
+        raise ValueError("noise_key, generator: pass one or the other (noise_key holds the (seed, offset) to draw with)")
+    if not isinstance(noise_key, torch.Tensor):
+        raise TypeError(f"noise_key: expected an int64 tensor of shape (2,), got {type(noise_key).__name__}")
+    if noise_key.dtype != torch.int64:
+        raise TypeError(f"noise_key: expected dtype torch.int64 (seed, offset), got {noise_key.dtype}")
+    if tuple(noise_key.shape) != (2,):
+        raise ValueError(f"noise_key: expected shape (2,) (seed, offset), got {tuple(noise_key.shape)}")
+    if noise_key.device != x.device:
+        raise ValueError(f"noise_key: on device {noise_key.device}, but x is on {x.device}")
+    return _contig(noise_key)
+
+
 def _check_tensor(name, t, x):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
@@ -135,24 +188,27 @@ def _contig(t):
 class _Step:
     """Per-step coefficients (see the module docstring) and what the kernel must read and write."""
 
-    __slots__ = ("kx", "kp", "ax", "ap", "a0", "aprev", "anoise", "clip", "lo", "hi", "want_x0", "uses_prev")
+    __slots__ = ("kx", "kp", "ax", "ap", "a0", "aprev", "anoise", "clip", "lo", "hi", "want_x0", "uses_prev",
+                 "thresh")
 
-    def __init__(self, kx, kp, ax, ap, a0, aprev=0.0, anoise=0.0, clip=(False, 0.0, 0.0), want_x0=False):
+    def __init__(self, kx, kp, ax, ap, a0, aprev=0.0, anoise=0.0, clip=(False, 0.0, 0.0), want_x0=False, thresh=None):
         self.clip, self.lo, self.hi = clip
         self.want_x0 = want_x0
-        if not self.clip and not want_x0 and a0 != 0.0:
+        self.thresh = thresh  # None or (ratio, max_value)
+        if not self.clip and not want_x0 and thresh is None and a0 != 0.0:
             # x0 is linear in (x, p): fold it into their coefficients, in float64
             ax, ap, a0, kx, kp = ax + a0 * kx, ap + a0 * kp, 0.0, 0.0, 0.0
         self.kx, self.kp, self.ax, self.ap, self.a0, self.aprev, self.anoise = kx, kp, ax, ap, a0, aprev, anoise
         self.uses_prev = aprev != 0.0
 
     @classmethod
-    def from_coefs(cls, coefs, clip, want_x0):
+    def from_coefs(cls, coefs, clip, want_x0, thresh=None):
         """Exactly these coefficients (no folding): what the registered op receives."""
         step = cls.__new__(cls)
         step.kx, step.kp, step.ax, step.ap, step.a0, step.aprev, step.anoise = coefs
         step.clip, step.lo, step.hi = clip
         step.want_x0 = want_x0
+        step.thresh = tuple(thresh) if thresh is not None else None
         step.uses_prev = step.aprev != 0.0
         return step
 
@@ -221,7 +277,49 @@ def _ptr(t):
     return t.data_ptr() if t is not None else 0
 
 
-def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0=None):
+def _select_rank(ratio, inner):
+    """(rank, frac): torch.quantile's linear interpolation between order statistics rank and rank + 1."""
+    r = ratio * (inner - 1)
+    k = math.floor(r)
+    return k, r - k
+
+
+def _thresholds(name, step, x, cond, uncond, w, w_per_sample):
+    """Per-sample dynamic thresholds s (float32 [B]; float64 on the torch backend with float64 x)."""
+    batch = x.shape[0]
+    inner = x.numel() // batch
+    ratio, max_value = step.thresh
+    if name == "torch":
+        ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+        xf, p = x.to(ct), cond.to(ct)
+        if uncond is not None:
+            u = uncond.to(ct)
+            wt = w_per_sample.to(ct).reshape((-1,) + (1,) * (x.dim() - 1)) if w_per_sample is not None else w
+            p = u + wt * (p - u)
+        x0 = step.kx * xf + step.kp * p
+        return torch.quantile(x0.abs().reshape(batch, -1), ratio, dim=1).clamp(1.0, max_value)
+    s = torch.empty(batch, dtype=torch.float32, device=x.device)
+    rank, frac = _select_rank(ratio, inner)
+    if name == "cpp":
+        _backends.load_cpp().dynamic_thresholds(_DTYPE_CODE[x.dtype], batch, inner, x.data_ptr(), cond.data_ptr(),
+                                                _ptr(uncond), _ptr(w_per_sample), w, step.kx, step.kp, rank, frac,
+                                                max_value, s.data_ptr())
+    elif name == "cuda":
+        mod = _backends.load_cuda()
+        with torch.cuda.device(x.device):
+            # zeroed histograms and counters (the kernels leave them zeroed, but a fresh buffer
+            # from torch's caching allocator keeps this graph-capturable without host syncs)
+            ws = torch.zeros(batch * mod.threshold_workspace_words(), dtype=torch.int64, device=x.device)
+            mod.dynamic_thresholds(_DTYPE_CODE[x.dtype], batch, inner, x.data_ptr(), cond.data_ptr(), _ptr(uncond),
+                                   _ptr(w_per_sample), w, step.kx, step.kp, rank, frac, max_value, s.data_ptr(),
+                                   ws.data_ptr(), torch.cuda.current_stream(x.device).cuda_stream)
+    else:
+        _backends.load_kernels("threshold").dynamic_thresholds(s, x, cond, uncond, w_per_sample, w, step.kx, step.kp,
+                                                               rank, frac, max_value)
+    return s
+
+
+def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0=None, key=None):
     n = x.numel()
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -229,26 +327,38 @@ def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, ou
         x0 = torch.empty_like(out)
     if n == 0:
         return out, x0
+    thr = _thresholds(name, step, x, cond, uncond, w, w_per_sample) if step.thresh is not None else None
+    if key is not None and step.anoise == 0.0:
+        key = None  # nothing to draw
     if name in ("cpp", "cuda"):  # the two extension modules share one signature (+ stream for cuda)
         args = (_DTYPE_CODE[x.dtype], n, n // x.shape[0], out.data_ptr(), _ptr(x0), x.data_ptr(), cond.data_ptr(),
                 _ptr(uncond), _ptr(prev), _ptr(w_per_sample), w, step.kx, step.kp, step.ax, step.ap, step.a0,
                 step.aprev, step.anoise, step.clip, step.lo, step.hi, seed, offset)
         if name == "cpp":
-            _backends.load_cpp().sampler_step(*args)
+            if thr is None and key is None:
+                _backends.load_cpp().sampler_step(*args)
+            else:
+                _backends.load_cpp().sampler_step(*args, thresholds=_ptr(thr), noise_key=_ptr(key))
         else:
             with torch.cuda.device(x.device):
-                _backends.load_cuda().sampler_step(*args, torch.cuda.current_stream(x.device).cuda_stream)
+                stream = torch.cuda.current_stream(x.device).cuda_stream
+                if thr is None and key is None:
+                    _backends.load_cuda().sampler_step(*args, stream)
+                else:
+                    _backends.load_cuda().sampler_step(*args, stream, thresholds=_ptr(thr), noise_key=_ptr(key))
     elif name == "triton":
         _backends.load_kernels("diffusion").sampler_step(
             out, x0, x, cond, uncond, prev, w_per_sample, w, *step.coefs(), step.clip, step.lo, step.hi,
-            seed, offset, n // x.shape[0],
+            seed, offset, n // x.shape[0], thresholds=thr, noise_key=key,
         )
     else:
-        _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0)
+        if key is not None:
+            seed, offset = (_unsigned64(v) for v in key.tolist())
+        _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0, thr)
     return out, x0
 
 
-def _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0_out):
+def _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0_out, thr=None):
     """The generic step in plain PyTorch (float64 math when x is float64, else float32)."""
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     shape = (-1,) + (1,) * (x.dim() - 1)
@@ -260,6 +370,9 @@ def _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out,
     x0 = step.kx * xf + step.kp * p
     if step.clip:
         x0 = x0.clamp(step.lo, step.hi)
+    if thr is not None:
+        s = thr.to(ct).reshape(shape)
+        x0 = torch.clamp(x0, -s, s) / s
     r = step.ax * xf + step.ap * p + step.a0 * x0
     if prev is not None and step.uses_prev:
         r = r + step.aprev * prev.to(ct)
@@ -295,16 +408,21 @@ def _sampler_step_op(
     seed: int,
     offset: int,
     backend: str,
+    dynamic_threshold: list[float] | None = None,
+    noise_key: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The generic fused step as a torch.library op (what torch.compile and CUDA graphs see)."""
-    step = _Step.from_coefs(coefs, (clip, clip_lo, clip_hi), write_x0)
+    """The generic fused step as a torch.library op (what torch.compile and CUDA graphs see).
+    dynamic_threshold: None or [ratio, max_value]; noise_key: None or int64 (2,) (seed, offset),
+    read in place of seed and offset."""
+    step = _Step.from_coefs(coefs, (clip, clip_lo, clip_hi), write_x0, dynamic_threshold)
     out, x0 = _launch(backend, step, x.contiguous(), cond.contiguous(), _contig(uncond), _contig(prev),
-                      guidance_scale, guidance, _unsigned64(seed), _unsigned64(offset), None)
+                      guidance_scale, guidance, _unsigned64(seed), _unsigned64(offset), None, key=_contig(noise_key))
     return out, (x0 if x0 is not None else x.new_empty(0))
 
 
 @_sampler_step_op.register_fake
-def _(x, cond, uncond, prev, guidance, guidance_scale, coefs, clip, clip_lo, clip_hi, write_x0, seed, offset, backend):
+def _(x, cond, uncond, prev, guidance, guidance_scale, coefs, clip, clip_lo, clip_hi, write_x0, seed, offset, backend,
+      dynamic_threshold=None, noise_key=None):
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     return out, (torch.empty_like(out) if write_x0 else x.new_empty(0))
 
@@ -314,11 +432,15 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, cond, uncond, guidance)
     ctx.coefs, ctx.clip, ctx.clip_lo, ctx.clip_hi = coefs, clip, clip_lo, clip_hi
     ctx.guidance_scale, ctx.has_prev = guidance_scale, prev is not None
+    ctx.thresh = inputs[14] if len(inputs) > 14 else None
 
 
 def _backward(ctx, grad_out, grad_x0):
     """The step is affine in (x, p, prev_x0) but for the clamp of x0, whose gradient passes inside
-    [lo, hi]; p = uncond + w (cond - uncond). Computed in plain PyTorch (training is not a hot path)."""
+    [lo, hi]; p = uncond + w (cond - uncond). Computed in plain PyTorch (training is not a hot path).
+    Dynamic thresholding: x0 = clamp(r, -s, s) / s with r the raw x0 and s per sample; s depends on
+    r through the two order statistics torch.quantile interpolates (and not where the clamp to
+    [1, max_value] is active)."""
     x, cond, uncond, guidance = ctx.saved_tensors
     kx, kp, ax, ap, a0, aprev, _ = ctx.coefs
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -337,6 +459,8 @@ def _backward(ctx, grad_out, grad_x0):
     if ctx.clip:
         x0 = kx * x.to(ct) + kp * p
         g_x0 = g_x0 * ((x0 >= ctx.clip_lo) & (x0 <= ctx.clip_hi))
+    elif ctx.thresh is not None:
+        g_x0 = _threshold_backward(kx * x.to(ct) + kp * p, g_x0, *ctx.thresh)
     grad_x = ax * g + kx * g_x0
     grad_p = ap * g + kp * g_x0
     grad_cond = (grad_p * w).to(cond.dtype)
@@ -345,7 +469,29 @@ def _backward(ctx, grad_out, grad_x0):
     if guidance is not None and uncond is not None:
         grad_guidance = (grad_p * (c - u)).reshape(x.shape[0], -1).sum(1).to(guidance.dtype)
     grad_prev = (aprev * g).to(x.dtype) if ctx.has_prev else None
-    return (grad_x.to(x.dtype), grad_cond, grad_uncond, grad_prev, grad_guidance) + (None,) * 9
+    return (grad_x.to(x.dtype), grad_cond, grad_uncond, grad_prev, grad_guidance) + (None,) * 11
+
+
+def _threshold_backward(r, g, ratio, max_value):
+    """Gradient wrt the raw x0 r of x0 = clamp(r, -s, s) / s, s = clamp(quantile(|r_b|, ratio), 1, max_value),
+    given the gradient g wrt x0."""
+    b = r.shape[0]
+    rf, gf = r.reshape(b, -1), g.reshape(b, -1)
+    a = rf.abs()
+    q = torch.quantile(a, ratio, dim=1, keepdim=True)
+    s = q.clamp(1.0, max_value)
+    inside = (rf >= -s) & (rf <= s)
+    grad = gf * inside / s
+    # through s: d(r / s)/ds = -r / s^2 inside the clamp, 0 outside (x0 = +-1 there)
+    gs = -(gf * inside * rf).sum(1, keepdim=True) / (s * s)
+    gq = gs * ((q > 1.0) & (q < max_value))
+    rank, frac = _select_rank(ratio, a.shape[1])
+    order = a.argsort(dim=1, stable=True)
+    lo, hi = order[:, rank:rank + 1], order[:, min(rank + 1, a.shape[1] - 1):][:, :1]
+    ga = torch.zeros_like(a)
+    ga.scatter_add_(1, lo, gq * (1.0 - frac))
+    ga.scatter_add_(1, hi, gq * frac)
+    return (grad + ga * torch.sign(rf)).reshape(r.shape)
 
 
 torch.library.register_autograd("genengine::sampler_step", _backward, setup_context=_setup_context)
@@ -355,7 +501,7 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, backend, x0_out=None):
+def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, backend, x0_out=None, noise_key=None):
     """Checks, backend choice, noise key, launch. `make_step()` builds the _Step after the checks.
 
     The eager path calls the kernel directly; tracing (torch.compile) and autograd go through the
@@ -366,13 +512,16 @@ def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, 
         _check_out("x0_out", x0_out, x, model_out, uncond, prev)
         if out is not None and out.untyped_storage().data_ptr() == x0_out.untyped_storage().data_ptr():
             raise ValueError("x0_out: must not share memory with out")
+    key = _noise_key(noise_key, x, generator)
     step = make_step()
     seed = offset = 0
-    if step.anoise != 0.0:
+    if step.anoise != 0.0 and key is None:
         seed, offset = rng.draw_key(generator, x.device)
     if torch.compiler.is_compiling() or _needs_grad(x, cond, uncond, prev, w_per_sample):
         res, x0 = _sampler_step_op(x, cond, uncond, prev if step.uses_prev else None, w_per_sample, w, step.coefs(),
-                                   step.clip, step.lo, step.hi, step.want_x0, _signed64(seed), _signed64(offset), name)
+                                   step.clip, step.lo, step.hi, step.want_x0, _signed64(seed), _signed64(offset), name,
+                                   list(step.thresh) if step.thresh is not None else None,
+                                   key if step.anoise != 0.0 else None)
         if out is not None:
             out.copy_(res)
             res = out
@@ -381,7 +530,7 @@ def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, 
             x0 = x0_out
         return res, (x0 if step.want_x0 else None)
     return _launch(name, step, x, cond, uncond, prev if step.uses_prev else None, w, w_per_sample, seed, offset, out,
-                   x0_out)
+                   x0_out, key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,7 +567,8 @@ def _alphas(alpha_bar_t, alpha_bar_prev):
 
 
 def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
-              clip_x0=None, variance_type="fixed_small", generator=None, out=None, backend="auto"):
+              clip_x0=None, variance_type="fixed_small", generator=None, out=None, backend="auto",
+              dynamic_threshold=None, noise_key=None):
     """One ancestral DDPM step (Ho et al. 2020) from cumulative alpha `alpha_bar_t` to `alpha_bar_prev`.
 
     x_prev = c0 * x0 + cx * x + sigma * z with the posterior mean coefficients c0, cx and the posterior
@@ -430,6 +580,7 @@ def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidanc
         raise ValueError(f"alpha_bar_prev: a DDPM step goes to less noise, so it must be >= alpha_bar_t ({a_t}), got {a_prev}")
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
+    thresh = _dynamic_threshold(dynamic_threshold, clip)
     if variance_type not in ("fixed_small", "fixed_large"):
         raise ValueError(f"variance_type: expected 'fixed_small' or 'fixed_large', got {variance_type!r}")
 
@@ -443,14 +594,14 @@ def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidanc
         if a_prev < 1.0:
             var = (1.0 - a_prev) / (1.0 - a_t) * beta_t if variance_type == "fixed_small" else beta_t
             std = math.sqrt(max(var, 1e-20))
-        return _Step(kx, kp, cx, 0.0, c0, anoise=std, clip=clip)
+        return _Step(kx, kp, cx, 0.0, c0, anoise=std, clip=clip, thresh=thresh)
 
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend)[0]
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend, None, noise_key)[0]
 
 
 def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None, guidance_scale=1.0,
               prediction="epsilon", clip_x0=None, use_clipped_model_output=False, generator=None, out=None,
-              backend="auto"):
+              backend="auto", dynamic_threshold=None, noise_key=None):
     """One DDIM step (Song et al. 2021) from cumulative alpha `alpha_bar_t` to `alpha_bar_prev`.
 
     x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z with s = eta * sqrt(posterior variance);
@@ -464,6 +615,7 @@ def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None
         raise ValueError(f"eta: expected eta >= 0, got {eta}")
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
+    thresh = _dynamic_threshold(dynamic_threshold, clip)
     std = 0.0
     if eta > 0:
         if a_prev < a_t:
@@ -476,12 +628,12 @@ def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None
     def make_step():
         kx, kp, ex, ep = _vp_conversion(pred, a_t)
         d = math.sqrt(direction_sq)
-        if use_clipped_model_output and clip[0]:
+        if use_clipped_model_output and (clip[0] or thresh is not None):
             sb = math.sqrt(1.0 - a_t)
-            return _Step(kx, kp, d / sb, 0.0, math.sqrt(a_prev) - d * math.sqrt(a_t) / sb, anoise=std, clip=clip)
-        return _Step(kx, kp, d * ex, d * ep, math.sqrt(a_prev), anoise=std, clip=clip)
+            return _Step(kx, kp, d / sb, 0.0, math.sqrt(a_prev) - d * math.sqrt(a_t) / sb, anoise=std, clip=clip, thresh=thresh)
+        return _Step(kx, kp, d * ex, d * ep, math.sqrt(a_prev), anoise=std, clip=clip, thresh=thresh)
 
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend)[0]
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend, None, noise_key)[0]
 
 
 def _sigmas(sigma, sigma_next):
@@ -495,7 +647,7 @@ def _sigmas(sigma, sigma_next):
 
 
 def euler_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
-               clip_x0=None, out=None, backend="auto"):
+               clip_x0=None, out=None, backend="auto", dynamic_threshold=None, noise_key=None):
     """One Euler step of the probability-flow ODE in sigma space (Karras et al. 2022, Algorithm 2 without churn).
 
     x_next = x + (x - x0) / sigma * (sigma_next - sigma). Returns x_next, shaped like x.
@@ -503,17 +655,18 @@ def euler_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1
     s, sn = _sigmas(sigma, sigma_next)
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
+    thresh = _dynamic_threshold(dynamic_threshold, clip)
 
     def make_step():
         kx, kp = _sigma_conversion(pred, s)
         r = sn / s
-        return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip)
+        return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, thresh=thresh)
 
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, None, out, backend)[0]
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, None, out, backend, None, noise_key)[0]
 
 
 def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
-                         clip_x0=None, generator=None, out=None, backend="auto"):
+                         clip_x0=None, generator=None, out=None, backend="auto", dynamic_threshold=None, noise_key=None):
     """One Euler ancestral step: an Euler step to sigma_down, then fresh noise of std sigma_up.
 
     sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2), sigma_down = sqrt(sigma_next^2 -
@@ -524,19 +677,21 @@ def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidan
         raise ValueError(f"sigma_next: an ancestral step goes to less noise, so it must be <= sigma ({s}), got {sn}")
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
+    thresh = _dynamic_threshold(dynamic_threshold, clip)
 
     def make_step():
         kx, kp = _sigma_conversion(pred, s)
         sigma_up = math.sqrt(sn * sn * (s * s - sn * sn) / (s * s))
         sigma_down = math.sqrt(max(sn * sn - sigma_up * sigma_up, 0.0))
         r = sigma_down / s
-        return _Step(kx, kp, r, 0.0, 1.0 - r, anoise=sigma_up, clip=clip)
+        return _Step(kx, kp, r, 0.0, 1.0 - r, anoise=sigma_up, clip=clip, thresh=thresh)
 
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend)[0]
+    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend, None, noise_key)[0]
 
 
 def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=None, uncond=None,
-                  guidance_scale=1.0, prediction="epsilon", clip_x0=None, out=None, x0_out=None, backend="auto"):
+                  guidance_scale=1.0, prediction="epsilon", clip_x0=None, out=None, x0_out=None, backend="auto",
+                  dynamic_threshold=None, noise_key=None):
     """One DPM-Solver++(2M) step in sigma space (Lu et al. 2022; the multistep midpoint form).
 
     With the previous step's x0 (`prev_x0`, at noise level `sigma_prev`) the step is second order;
@@ -547,6 +702,7 @@ def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=N
     s, sn = _sigmas(sigma, sigma_next)
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
+    thresh = _dynamic_threshold(dynamic_threshold, clip)
     second_order = prev_x0 is not None and sn > 0
     sp = None
     if prev_x0 is not None:
@@ -562,14 +718,14 @@ def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=N
         kx, kp = _sigma_conversion(pred, s)
         r = sn / s
         if not second_order:
-            return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, want_x0=True)
+            return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, want_x0=True, thresh=thresh)
         h = math.log(s / sn)
         ratio = math.log(sp / s) / h
         a0 = (1.0 - r) * (1.0 + 1.0 / (2.0 * ratio))
         aprev = -(1.0 - r) / (2.0 * ratio)
-        return _Step(kx, kp, r, 0.0, a0, aprev=aprev, clip=clip, want_x0=True)
+        return _Step(kx, kp, r, 0.0, a0, aprev=aprev, clip=clip, want_x0=True, thresh=thresh)
 
-    return _run(x, model_out, uncond, prev_x0, guidance_scale, make_step, None, out, backend, x0_out)
+    return _run(x, model_out, uncond, prev_x0, guidance_scale, make_step, None, out, backend, x0_out, noise_key)
 
 
 __all__ = ["ddpm_step", "ddim_step", "euler_step", "euler_ancestral_step", "dpmpp_2m_step"]

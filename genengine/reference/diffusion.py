@@ -39,6 +39,20 @@ def clip(x0, clip_x0):
     return x0.clamp(lo, hi)
 
 
+def dynamic_threshold(x0, ratio, max_value):
+    """Dynamic thresholding (Saharia et al. 2022; diffusers' `_threshold_sample`): per sample b,
+    s_b = clamp(quantile(|x0_b|, ratio), 1, max_value) over all its elements, and x0 -> clamp(x0, -s_b, s_b) / s_b.
+    Computed in x0's dtype (float64 here); a NaN in a sample makes its s_b, and so its x0, NaN."""
+    s = torch.quantile(x0.abs().reshape(x0.shape[0], -1), ratio, dim=1).clamp(1.0, max_value)
+    s = s.reshape(-1, *([1] * (x0.dim() - 1)))
+    return torch.clamp(x0, -s, s) / s
+
+
+def _limit(x0, clip_x0, threshold):
+    x0 = clip(x0, clip_x0)
+    return x0 if threshold is None else dynamic_threshold(x0, *threshold)
+
+
 _ALIASES = {"v_prediction": "v", "sample": "x0"}
 
 
@@ -64,11 +78,12 @@ def sigma_x0(x, pred, sigma, prediction):
 
 
 def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
-              clip_x0=None, variance_type="fixed_small", noise=None, dtype=torch.float64):
+              clip_x0=None, variance_type="fixed_small", noise=None, dtype=torch.float64,
+              dynamic_threshold=None):
     x, model_out, uncond, noise = (_f(t, dtype) for t in (x, model_out, uncond, noise))
     pred = guide(model_out, uncond, guidance_scale)
     x0, _ = vp_x0_eps(x, pred, alpha_bar_t, prediction)
-    x0 = clip(x0, clip_x0)
+    x0 = _limit(x0, clip_x0, dynamic_threshold)
     a_t, a_prev = alpha_bar_t, alpha_bar_prev
     alpha_t = a_t / a_prev
     beta_t = 1 - alpha_t
@@ -80,11 +95,12 @@ def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidanc
 
 
 def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None, guidance_scale=1.0,
-              prediction="epsilon", clip_x0=None, use_clipped_model_output=False, noise=None, dtype=torch.float64):
+              prediction="epsilon", clip_x0=None, use_clipped_model_output=False, noise=None, dtype=torch.float64,
+              dynamic_threshold=None):
     x, model_out, uncond, noise = (_f(t, dtype) for t in (x, model_out, uncond, noise))
     pred = guide(model_out, uncond, guidance_scale)
     x0, eps = vp_x0_eps(x, pred, alpha_bar_t, prediction)
-    x0 = clip(x0, clip_x0)
+    x0 = _limit(x0, clip_x0, dynamic_threshold)
     a_t, a_prev = alpha_bar_t, alpha_bar_prev
     std = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) if eta > 0 else 0.0
     if use_clipped_model_output:
@@ -96,17 +112,21 @@ def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None
 
 
 def euler_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
-               clip_x0=None, dtype=torch.float64):
+               clip_x0=None, dtype=torch.float64,
+               dynamic_threshold=None):
     x, model_out, uncond = (_f(t, dtype) for t in (x, model_out, uncond))
-    x0 = clip(sigma_x0(x, guide(model_out, uncond, guidance_scale), sigma, prediction), clip_x0)
+    x0 = _limit(sigma_x0(x, guide(model_out, uncond, guidance_scale), sigma, prediction), clip_x0,
+                dynamic_threshold)
     derivative = (x - x0) / sigma
     return x + derivative * (sigma_next - sigma)
 
 
 def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1.0,
-                         prediction="epsilon", clip_x0=None, noise=None, dtype=torch.float64):
+                         prediction="epsilon", clip_x0=None, noise=None, dtype=torch.float64,
+                         dynamic_threshold=None):
     x, model_out, uncond, noise = (_f(t, dtype) for t in (x, model_out, uncond, noise))
-    x0 = clip(sigma_x0(x, guide(model_out, uncond, guidance_scale), sigma, prediction), clip_x0)
+    x0 = _limit(sigma_x0(x, guide(model_out, uncond, guidance_scale), sigma, prediction), clip_x0,
+                dynamic_threshold)
     sigma_up = math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
     sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
     out = x + (x - x0) / sigma * (sigma_down - sigma)
@@ -116,10 +136,12 @@ def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidan
 
 
 def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=None, uncond=None,
-                  guidance_scale=1.0, prediction="epsilon", clip_x0=None, dtype=torch.float64):
+                  guidance_scale=1.0, prediction="epsilon", clip_x0=None, dtype=torch.float64,
+                  dynamic_threshold=None):
     """DPM-Solver++(2M) in sigma space (Lu et al. 2022), first order without a previous x0 or to sigma 0."""
     x, model_out, uncond, prev_x0 = (_f(t, dtype) for t in (x, model_out, uncond, prev_x0))
-    x0 = clip(sigma_x0(x, guide(model_out, uncond, guidance_scale), sigma, prediction), clip_x0)
+    x0 = _limit(sigma_x0(x, guide(model_out, uncond, guidance_scale), sigma, prediction), clip_x0,
+                dynamic_threshold)
     if sigma_next == 0:
         return x0.clone(), x0
     t, t_next = -math.log(sigma), -math.log(sigma_next)
