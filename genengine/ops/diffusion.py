@@ -298,6 +298,8 @@ def _thresholds(name, step, x, cond, uncond, w, w_per_sample):
             p = u + wt * (p - u)
         x0 = step.kx * xf + step.kp * p
         return torch.quantile(x0.abs().reshape(batch, -1), ratio, dim=1).clamp(1.0, max_value)
+    if inner >= 2**31:
+        raise ValueError(f"dynamic_threshold: samples of up to 2^31 - 1 elements on the {name} backend, got {inner}")
     s = torch.empty(batch, dtype=torch.float32, device=x.device)
     rank, frac = _select_rank(ratio, inner)
     if name == "cpp":
@@ -607,7 +609,8 @@ def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None
     x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev - s^2) eps + s z with s = eta * sqrt(posterior variance);
     eta = 0 is deterministic (and may go to more noise, for inversion). With clipping, eps is the
     model's own unless `use_clipped_model_output`, which re-derives it from the clipped x0 (diffusers'
-    flag of the same name). Returns x_prev, shaped like x.
+    flag of the same name; it applies to dynamic thresholding too). Returns x_prev, shaped like x.
+    `dynamic_threshold=(ratio, max_value)` and `noise_key` (all five steps): see the module docstring.
     """
     a_t, a_prev = _alphas(alpha_bar_t, alpha_bar_prev)
     eta = _scalar("eta", eta)
