@@ -20,6 +20,7 @@ from conftest import CPU_BACKENDS
 import genengine as ge
 from genengine.diffusion import DDIM, DDPM, DPMSolverPP2M, Euler, EulerAncestral, NoiseSchedule
 from genengine.ops import rng
+from genengine.reference.diffusion import dynamic_threshold
 
 PREDICTIONS = ["epsilon", "v", "x0"]
 SHAPE = (3, 2, 5, 7)
@@ -104,13 +105,16 @@ def _denoised(prediction, out, x, sigma):
     return out
 
 
-def ref_euler(smp, x_T, model, noise, ancestral):
+def ref_euler(smp, x_T, model, noise, ancestral, threshold=None):
     sig = smp.sigmas.double().tolist()
     x = x_T.double() * smp.init_noise_sigma
     for i, t in enumerate(smp.timesteps.tolist()):
         s, sn = sig[i], sig[i + 1]
         out = model((x / math.sqrt(s * s + 1)).float(), torch.full((x.shape[0],), t), None).double()
-        d = (x - _denoised(smp.prediction, out, x, s)) / s
+        x0 = _denoised(smp.prediction, out, x, s)
+        if threshold is not None:
+            x0 = dynamic_threshold(x0, *threshold)
+        d = (x - x0) / s
         if not ancestral:  # Karras Alg. 2 without churn
             x = x + (sn - s) * d
             continue
@@ -216,6 +220,20 @@ def test_dpmpp_2m_matches_lu_et_al(backend, prediction, steps, karras, final, ge
     final_first_order = final == "zero" or steps < 15
     want = ref_dpmpp_2m(smp, x_T, dummy_model, final_first_order)
     _check_close(smp.sample(dummy_model, x_T), want)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dynamic_thresholding_in_sigma_space(backend, gen):
+    """Imagen's dynamic thresholding on the Euler ancestral x0 (diffusers has it only for DDPM, DDIM
+    and DPM-Solver++, compared in test_samplers_diffusers.py)."""
+    steps = 5 if backend == "triton" else 20
+    smp = EulerAncestral(SCHEDULES["linear"], steps, prediction="x0", thresholding=True, dynamic_thresholding_ratio=0.9,
+                         sample_max_value=1.3, backend=backend)
+    x_T = torch.randn(SHAPE, generator=gen)
+    wide = lambda x, t, c: 3.0 * dummy_model(x, t, c)  # noqa: E731  (x0 predictions beyond the threshold)
+    got = smp.sample(wide, x_T, generator=torch.Generator().manual_seed(4))
+    _check_close(got, ref_euler(smp, x_T, wide, _noise_source(4), ancestral=True, threshold=(0.9, 1.3)))
+    assert got.abs().max() <= 1.0 + 1e-5  # the last step lands on the thresholded x0, which lies in [-1, 1]
 
 
 def test_dpmpp_2m_lower_order_final_toggles_the_last_step(gen):
@@ -398,3 +416,55 @@ def test_bad_inputs(gen):
         NoiseSchedule.linear(1000, -0.1, 0.02)
     with pytest.raises(ValueError, match="betas"):
         NoiseSchedule.from_betas([0.1, 1.5])
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA: no host synchronisation, and whole-loop CUDA graphs (run with `pytest -m gpu`)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("name", sorted(ge.diffusion.SAMPLERS))
+def test_cuda_loop_does_not_synchronise(name, backend):
+    smp = ge.diffusion.SAMPLERS[name](SCHEDULES["scaled_linear"], 12, backend=backend)
+    x_T = torch.randn(2, 4, 16, 16, device="cuda")
+    cond, uncond = torch.randn(2, device="cuda"), torch.zeros(2, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    kw = dict(guidance_scale=3.0, cond=cond, uncond=uncond, generator=g)
+    smp.sample(dummy_model, x_T, **kw)  # first call: uploads the timesteps once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = smp.sample(dummy_model, x_T, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("name", sorted(ge.diffusion.SAMPLERS))
+def test_cuda_graph_replays_the_eager_loop(name, backend):
+    smp = ge.diffusion.SAMPLERS[name](SCHEDULES["scaled_linear"], 10, backend=backend)
+    cond, uncond = torch.randn(2, device="cuda"), torch.zeros(2, device="cuda")
+    for seed in (0, 1):  # the first call captures, the second replays with new noise and inputs
+        x_T = torch.randn(2, 4, 16, 16, device="cuda", generator=torch.Generator(device="cuda").manual_seed(seed))
+        kw = dict(guidance_scale=3.0, cond=cond, uncond=uncond)
+        eager = smp.sample(dummy_model, x_T, generator=torch.Generator(device="cuda").manual_seed(7 + seed), **kw)
+        graphed = smp.sample(dummy_model, x_T, generator=torch.Generator(device="cuda").manual_seed(7 + seed),
+                             cuda_graph=True, **kw)
+        torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
+    assert len(smp._graphs) == 1
+
+
+@pytest.mark.gpu
+def test_cuda_graph_with_a_unet():
+    unet = ge.models.UNet(4, base_channels=32, num_classes=3).cuda().eval()
+    smp = DDIM(SCHEDULES["scaled_linear"], 20)
+    x_T = torch.randn(2, 4, 16, 16, device="cuda")
+    cond, uncond = torch.tensor([0, 2], device="cuda"), torch.full((2,), 3, device="cuda")
+    with torch.no_grad():
+        eager = smp.sample(unet, x_T, guidance_scale=2.0, cond=cond, uncond=uncond)
+        graphed = smp.sample(unet, x_T, guidance_scale=2.0, cond=cond, uncond=uncond, cuda_graph=True)
+    assert smp._graphs, "the UNet loop should be capturable"
+    torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@ import torch
 
 from .. import _backends, ops
 from ..reference import diffusion as ref
+from . import loop
 from .harness import Table, interleave, us
 
 GUIDANCE = 7.5
@@ -162,7 +163,8 @@ def run(ctx):
             if shape == SMALL and dtype == overhead_dtype and " " not in label:
                 small[(spec.name, label)] = st
         ctx.print("")
-    return {"rows": rows, "call_overhead": call_overhead(ctx, names, small), "skipped": skipped}
+    overhead = call_overhead(ctx, names, small)
+    return {"rows": rows, "call_overhead": overhead, "loops": loop.run(ctx, names), "skipped": skipped}
 
 
 def call_overhead(ctx, names, small):
