@@ -1,8 +1,10 @@
-"""A progress bar for long loops (sampling, fitting): tqdm when it is installed, else a plain one.
+"""Progress bars for long loops (sampling, fitting): tqdm when it is installed, else one stderr
+line rewritten in place; silent when disabled.
 
-    for i in progress_bar(range(n), enabled=progress, desc="sampling"): ...
+    bar = Progress(total, "fit", enabled=progress); bar.update(1, loss=f"{loss:.4f}"); bar.close()
+    for i in progress_bar(range(n), total=n, desc="ddim", enabled=progress): ...
 
-Printing never reads device memory, so a bar costs no host synchronisation.
+Drawing never reads device memory, so a bar costs no host synchronisation.
 """
 
 from __future__ import annotations
@@ -11,33 +13,58 @@ import sys
 import time
 
 
+class Progress:
+    def __init__(self, total, desc, enabled=True):
+        self.enabled, self.total, self.desc, self.n, self._bar = enabled, total, desc, 0, None
+        self._last = 0.0
+        if not enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            tqdm = None
+        if tqdm is not None:
+            self._bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
+
+    def update(self, n=1, **postfix):
+        if not self.enabled:
+            return
+        self.n += n
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self._last < 0.2 and self.n != self.total:  # rewriting a terminal line costs more than a step
+            return
+        self._last = now
+        of = f"/{self.total}" if self.total else ""
+        extra = "".join(f"  {k}={v}" for k, v in postfix.items())
+        sys.stderr.write(f"\r{self.desc}: {self.n}{of}{extra}")
+        sys.stderr.flush()
+
+    def close(self):
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
 def progress_bar(iterable, *, total=None, desc="", enabled=True):
+    """Yields from `iterable`, advancing a Progress per item (the iterable itself when disabled)."""
     if not enabled:
         return iterable
+    return _iterate(iterable, Progress(total, desc, enabled))
+
+
+def _iterate(iterable, bar):
     try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _PlainBar(iterable, total, desc)
-    return tqdm(iterable, total=total, desc=desc, leave=False)
-
-
-class _PlainBar:
-    """Redraws one stderr line at most ten times a second."""
-
-    def __init__(self, iterable, total, desc):
-        self.iterable, self.desc = iterable, desc
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
-
-    def __iter__(self):
-        start = last = time.perf_counter()
-        done = 0
-        for item in self.iterable:
+        for item in iterable:
             yield item
-            done += 1
-            now = time.perf_counter()
-            if now - last > 0.1 or done == self.total:
-                last = now
-                of = f"/{self.total}" if self.total else ""
-                sys.stderr.write(f"\r{self.desc} {done}{of} [{now - start:.1f}s]")
-                sys.stderr.flush()
-        sys.stderr.write("\n")
+            bar.update(1)
+    finally:
+        bar.close()

@@ -22,11 +22,11 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-import sys
-import time
 
 import torch
 from torch import nn
+
+from .._progress import Progress
 
 __all__ = ["DiffusionModel"]
 
@@ -38,49 +38,6 @@ def _diffusion():
     from .. import diffusion
 
     return diffusion
-
-
-class _Progress:
-    """tqdm when it is installed, else one stderr line rewritten in place; silent when disabled."""
-
-    def __init__(self, total, desc, enabled):
-        self.enabled, self.total, self.desc, self.n, self._bar = enabled, total, desc, 0, None
-        self._last = 0.0
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            tqdm = None
-        if tqdm is not None:
-            self._bar = tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
-
-    def update(self, n=1, **postfix):
-        if not self.enabled:
-            return
-        self.n += n
-        if self._bar is not None:
-            self._bar.update(n)
-            if postfix:
-                self._bar.set_postfix(postfix, refresh=False)
-            return
-        now = time.monotonic()
-        if now - self._last < 0.2 and self.n != self.total:  # rewriting a terminal line costs more than a step
-            return
-        self._last = now
-        of = f"/{self.total}" if self.total else ""
-        extra = "".join(f"  {k}={v}" for k, v in postfix.items())
-        sys.stderr.write(f"\r{self.desc}: {self.n}{of}{extra}")
-        sys.stderr.flush()
-
-    def close(self):
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.close()
-        else:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 def _positive_int(name, v):
@@ -334,7 +291,7 @@ class DiffusionModel(nn.Module):
         opt = torch.optim.AdamW(self.denoiser.parameters(), lr=lr, weight_decay=weight_decay)
         was_training = self.training
         self.train()
-        bar = _Progress(total, "fit", progress)
+        bar = Progress(total, "fit", progress)
         try:
             for epoch in range(epochs):
                 total_loss, count = 0.0, 0
