@@ -32,6 +32,15 @@ void dynamic_thresholds(int dtype, int64_t batch, int64_t inner, const void* x, 
                         void* workspace, uintptr_t stream);
 // csrc/cuda/rng.cu
 void philox_fill(int kind, void* out, int64_t n, uint64_t seed, uint64_t offset, uintptr_t stream);
+// csrc/cuda/group_norm.cu
+void group_norm_silu_fwd(int dtype, int64_t n, int64_t c, int64_t s, int64_t groups, bool channels_last,
+                         const void* x, const float* weight, const float* bias, float eps, void* y,
+                         float* mean, float* rstd, float* part, int64_t s_chunk, int64_t splits,
+                         uintptr_t stream);
+void group_norm_silu_bwd(int dtype, int64_t n, int64_t c, int64_t s, int64_t groups, bool channels_last,
+                         const void* dy, const void* x, const float* weight, const float* bias,
+                         const float* mean, const float* rstd, void* dx, float* dweight, float* dbias,
+                         float* pc, float* pg, int64_t s_chunk, int64_t splits, uintptr_t stream);
 }  // namespace cuda
 }  // namespace ge
 
@@ -103,6 +112,34 @@ PYBIND11_MODULE(_cuda, m) {
         nogil, py::arg("kind"), py::arg("out"), py::arg("n"), py::arg("seed"), py::arg("offset"),
         py::arg("stream") = 0,
         "Values 0 .. n-1 of the Philox stream: kind 0 = uint32 words, 1 = uniforms, 2 = normals.");
+  m.def("group_norm_silu_fwd",
+        [](int dtype, int64_t n, int64_t c, int64_t s, int64_t groups, bool channels_last, uintptr_t x,
+           uintptr_t weight, uintptr_t bias, float eps, uintptr_t y, uintptr_t mean, uintptr_t rstd,
+           uintptr_t part, int64_t s_chunk, int64_t splits, uintptr_t stream) {
+          auto f = [](uintptr_t p) { return static_cast<float*>(ptr(p)); };
+          ge::cuda::group_norm_silu_fwd(dtype, n, c, s, groups, channels_last, ptr(x), f(weight), f(bias), eps,
+                                        ptr(y), f(mean), f(rstd), f(part), s_chunk, splits, stream);
+        },
+        nogil, py::arg("dtype"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("groups"),
+        py::arg("channels_last"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("eps"),
+        py::arg("y"), py::arg("mean"), py::arg("rstd"), py::arg("part"), py::arg("s_chunk"),
+        py::arg("splits"), py::arg("stream") = 0,
+        "Fused GroupNorm + SiLU forward (csrc/cuda/group_norm.cu); part: float32 [n*groups*splits*2] workspace.");
+  m.def("group_norm_silu_bwd",
+        [](int dtype, int64_t n, int64_t c, int64_t s, int64_t groups, bool channels_last, uintptr_t dy,
+           uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t mean, uintptr_t rstd, uintptr_t dx,
+           uintptr_t dweight, uintptr_t dbias, uintptr_t pc, uintptr_t pg, int64_t s_chunk, int64_t splits,
+           uintptr_t stream) {
+          auto f = [](uintptr_t p) { return static_cast<float*>(ptr(p)); };
+          ge::cuda::group_norm_silu_bwd(dtype, n, c, s, groups, channels_last, ptr(dy), ptr(x), f(weight),
+                                        f(bias), f(mean), f(rstd), ptr(dx), f(dweight), f(dbias), f(pc),
+                                        f(pg), s_chunk, splits, stream);
+        },
+        nogil, py::arg("dtype"), py::arg("n"), py::arg("c"), py::arg("s"), py::arg("groups"),
+        py::arg("channels_last"), py::arg("dy"), py::arg("x"), py::arg("weight"), py::arg("bias"),
+        py::arg("mean"), py::arg("rstd"), py::arg("dx"), py::arg("dweight"), py::arg("dbias"), py::arg("pc"),
+        py::arg("pg"), py::arg("s_chunk"), py::arg("splits"), py::arg("stream") = 0,
+        "Fused GroupNorm + SiLU backward; pc: float32 [n*splits*c*2], pg: [n*groups*splits*2] workspaces.");
   m.def("device_count", &device_count, nogil, "CUDA devices visible; 0 (never an error) without a driver.");
   m.def("build_info", []() {
     py::dict info;

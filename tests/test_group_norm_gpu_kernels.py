@@ -260,3 +260,120 @@ def test_gpu_cuda_deterministic(gen):
         outs.append((dx, dw, db))
     for a, b2 in zip(outs[0], outs[1]):
         assert torch.equal(a, b2)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU emulation of the CUDA kernels' index math (csrc/cuda/group_norm.cu), which cannot run here:
+# every element is visited exactly once, with the right channel, and the split/merge arithmetic
+# reproduces the group statistics.
+
+_THREADS = 256
+
+
+def _cuda_region(n_, c, s, g, s_chunk, n, grp, split, cl):
+    """(start, stride, outer, inner, ch0) as region_of<CL>."""
+    cpg = c // g
+    s_lo = split * s_chunk
+    len_s = min(s_chunk, s - s_lo)
+    ch0 = grp * cpg
+    if cl:
+        return (n * s + s_lo) * c + ch0, c, len_s, cpg, ch0
+    return (n * c + ch0) * s + s_lo, s, cpg, len_s, ch0
+
+
+def _cursor_items(t, vpr, outer):
+    """(o, iv) pieces of thread t, following Cursor's init and advance."""
+    o, iv = t // vpr, t % vpr
+    d_o, d_iv = _THREADS // vpr, _THREADS % vpr
+    while o < outer:
+        yield o, iv
+        o += d_o
+        iv += d_iv
+        if iv >= vpr:
+            iv -= vpr
+            o += 1
+
+
+def _cuda_vector_ok(s, cpg, s_chunk, splits, cl, v):
+    return cpg % v == 0 if cl else (s % v == 0 and (splits == 1 or s_chunk % v == 0))
+
+
+@pytest.mark.parametrize("cl", [False, True])
+@pytest.mark.parametrize("n_,c,s,g,sms", [(2, 40, 300, 4, 132), (1, 16, 1024, 2, 8), (3, 6, 7, 3, 4), (1, 64, 33, 1, 16)])
+def test_cuda_index_math_emulated(cl, n_, c, s, g, sms, gen, monkeypatch):
+    shim = importlib.import_module("genengine.ops._group_norm_cuda")
+    monkeypatch.setattr(shim, "MIN_BLOCK_ELEMS", 16)
+    s_chunk, splits = shim.plan(n_, c, s, g, sms)
+    assert 1 <= splits <= shim.MAX_SPLITS and (splits - 1) * s_chunk < s <= splits * s_chunk
+    cpg = c // g
+    x = torch.randn(n_ * c * s, generator=gen, dtype=torch.float64)
+    # the tensor's logical (n, c, s) element behind each memory offset
+    idx = torch.arange(n_ * c * s)
+    if cl:
+        chan_of = idx % c
+        logical = x.view(n_, s, c).permute(0, 2, 1)
+    else:
+        chan_of = (idx // s) % c
+        logical = x.view(n_, c, s)
+    for v in (1, 8):
+        w = v if _cuda_vector_ok(s, cpg, s_chunk, splits, cl, v) else 1
+        seen = torch.zeros(n_ * c * s, dtype=torch.int64)
+        part = {}
+        for n in range(n_):
+            for grp in range(g):
+                for split in range(splits):
+                    start, stride, outer, inner, ch0 = _cuda_region(n_, c, s, g, s_chunk, n, grp, split, cl)
+                    vpr = inner // w
+                    assert vpr * w == inner
+                    vals = []
+                    for t in range(_THREADS):
+                        for o, iv in _cursor_items(t, vpr, outer):
+                            i = start + o * stride + iv * w
+                            if w > 1:
+                                assert i % w == 0  # 16-byte aligned piece
+                            for k in range(w):
+                                ch = ch0 + iv * w + k if cl else ch0 + o
+                                assert chan_of[i + k] == ch
+                                seen[i + k] += 1
+                                vals.append(x[i + k])
+                    vals = torch.stack(vals)
+                    assert vals.numel() == cpg * min(s_chunk, s - split * s_chunk)
+                    part[(n, grp, split)] = (vals.mean(), ((vals - vals.mean()) ** 2).sum())
+        assert torch.equal(seen, torch.ones_like(seen))
+        # finalize: the parallel Chan merge of the partials, as in gn_norm_kernel
+        for n in range(n_):
+            for grp in range(g):
+                nj = [cpg * min(s_chunk, s - j * s_chunk) for j in range(splits)]
+                mean = sum(nj[j] * part[(n, grp, j)][0] for j in range(splits)) / (cpg * s)
+                m2 = sum(part[(n, grp, j)][1] + nj[j] * (part[(n, grp, j)][0] - mean) ** 2 for j in range(splits))
+                ref = logical[n, grp * cpg:(grp + 1) * cpg]
+                assert torch.allclose(mean, ref.mean(), rtol=1e-12, atol=1e-12)
+                assert torch.allclose(m2 / (cpg * s), ref.var(unbiased=False), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cpg,w", [(10, 1), (40, 8), (4096, 8), (300, 1), (8, 8)])
+def test_cuda_nsc_reduce_mapping_emulated(cpg, w):
+    """gn_bwd_reduce_nsc_kernel: the [rt, ctw] thread grid over (rows, column tiles) covers each
+    (row, channel) of the region once, and the shared-memory slots of a tile do not collide."""
+    rows = 37
+    vpr = cpg // w
+    ctw = min(vpr, _THREADS)
+    rt = _THREADS // ctw
+    seen = torch.zeros(rows, cpg, dtype=torch.int64)
+    for ct in range(0, vpr, ctw):
+        slots = set()
+        for t in range(_THREADS):
+            tr, tc = t // ctw, t % ctw
+            iv = ct + tc
+            if not (tr < rt and iv < vpr):
+                continue
+            for k in range(w):
+                slot = (tr * ctw + tc) * w + k
+                assert slot < _THREADS * 8 and slot not in slots
+                slots.add(slot)
+            for o in range(tr, rows, rt):
+                seen[o, iv * w:(iv + 1) * w] += 1
+        ncols = min(vpr - ct, ctw) * w
+        for cc in range(ncols):  # the column sums read slots q * ctw * w + cc, q < rt
+            assert all(q * ctw * w + cc in slots for q in range(rt))
+    assert torch.equal(seen, torch.ones_like(seen))
