@@ -8,6 +8,7 @@
 #include <string>
 
 #include "cpu/diffusion.h"
+#include "cpu/group_norm.h"
 #include "cpu/parallel.h"
 
 namespace py = pybind11;
@@ -67,6 +68,39 @@ void dynamic_thresholds(int dtype, int64_t batch, int64_t inner, uintptr_t x, ui
   ge::dynamic_thresholds(a);
 }
 
+// GroupNorm + SiLU: x/y/dy/dx of `dtype`, (n, c, hw) or channels-last (n, hw, c); weight/bias
+// float32 [c] or 0; mean/rstd float32 [n, groups]; dweight/dbias float32 [c] or 0
+void group_norm_silu_fwd(int dtype, int64_t n, int64_t c, int64_t hw, int64_t groups, bool channels_last,
+                         uintptr_t x, uintptr_t weight, uintptr_t bias, float eps, uintptr_t y, uintptr_t mean,
+                         uintptr_t rstd) {
+  ge::GroupNormArgs a;
+  a.dtype = dtype; a.n = n; a.c = c; a.hw = hw; a.groups = groups; a.channels_last = channels_last; a.eps = eps;
+  a.x = ptr(x);
+  a.weight = static_cast<const float*>(ptr(weight));
+  a.bias = static_cast<const float*>(ptr(bias));
+  a.y = ptr(y);
+  a.mean = static_cast<float*>(ptr(mean));
+  a.rstd = static_cast<float*>(ptr(rstd));
+  ge::group_norm_silu_fwd(a);
+}
+
+void group_norm_silu_bwd(int dtype, int64_t n, int64_t c, int64_t hw, int64_t groups, bool channels_last,
+                         uintptr_t dy, uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t mean, uintptr_t rstd,
+                         uintptr_t dx, uintptr_t dweight, uintptr_t dbias) {
+  ge::GroupNormArgs a;
+  a.dtype = dtype; a.n = n; a.c = c; a.hw = hw; a.groups = groups; a.channels_last = channels_last;
+  a.dy = ptr(dy);
+  a.x = ptr(x);
+  a.weight = static_cast<const float*>(ptr(weight));
+  a.bias = static_cast<const float*>(ptr(bias));
+  a.mean = static_cast<float*>(ptr(mean));
+  a.rstd = static_cast<float*>(ptr(rstd));
+  a.dx = ptr(dx);
+  a.dweight = static_cast<float*>(ptr(dweight));
+  a.dbias = static_cast<float*>(ptr(dbias));
+  ge::group_norm_silu_bwd(a);
+}
+
 std::string build_flags() {
 #ifdef GE_BUILD_FLAGS
   return GE_BUILD_FLAGS;
@@ -90,6 +124,8 @@ std::string isa() {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "genengine CPU kernels (C++17, no libtorch link)";
   const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("group_norm_silu_fwd", &group_norm_silu_fwd, nogil);
+  m.def("group_norm_silu_bwd", &group_norm_silu_bwd, nogil);
   m.def("sampler_step", &sampler_step, nogil, py::arg("dtype"), py::arg("n"), py::arg("inner"),
         py::arg("out"), py::arg("x0_out"), py::arg("x"), py::arg("cond"), py::arg("uncond"),
         py::arg("prev"), py::arg("guidance_per_sample"), py::arg("guidance"), py::arg("kx"),
