@@ -121,7 +121,7 @@ def _group_stats(part_ptr, gidx, cmask, cpg, S, S_CHUNK, SPLITS, eps, SB: tl.con
     p = part_ptr + (gidx[:, None] * SPLITS + j[None, :]) * 2
     pm = tl.load(p, mask=m2d, other=0.0)
     pM2 = tl.load(p + 1, mask=m2d, other=0.0)
-    total = (cpg * S).to(tl.float32)
+    total = (cpg * 1.0) * S  # float math: no int32 overflow; cpg and S may be constexpr 1 on a GPU
     mean = tl.sum(pm * nj[None, :], axis=1) / total
     d = pm - mean[:, None]
     M2 = tl.sum(pM2 + tl.where(m2d, nj[None, :] * d * d, 0.0), axis=1)
@@ -334,7 +334,7 @@ def _gn_bwd_dx_kernel(
     xb = x_ptr + off0
     dyb = dy_ptr + off0
     dxb = dx_ptr + off0
-    inv_total = 1.0 / (cpg * S).to(tl.float32)
+    inv_total = 1.0 / ((cpg * 1.0) * S)
     j = tl.arange(0, SB)
     jm = j < SPLITS
     for cs in range(0, nch, BC):
