@@ -28,8 +28,15 @@
 #include <cstring>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "cpu_common.h"
 #include "parallel.h"
+
+// The build compiles with -ffp-contract=off (other kernels are checked bit for bit across backends);
+// these are checked against float64 with tolerances, and fused multiply-adds (in the AVX2 clone)
+// make the normalise and backward loops 1.5x faster and the sums slightly more accurate.
+#pragma GCC optimize("fp-contract=fast")
 
 #define GE_INLINE inline __attribute__((always_inline))
 
@@ -526,6 +533,23 @@ void cl_batching(const GroupNormArgs& a, int streams, int64_t* batch, int64_t* p
   *pieces = std::max<int64_t>(1, std::min({(want + *batch - 1) / *batch, a.hw * a.c / 4096, a.hw}));
 }
 
+// A fresh output of tens of MB (torch gets it from mmap) costs a page fault and a zeroed 4 KB page
+// per 4 KB on first write: at (8,320,64,64) float32 more time than the kernel itself. Transparent
+// huge pages (where the system allows them on request) cut the faults 512-fold. Advice only:
+// pages already mapped stay as they are.
+void advise_huge_pages(void* p, int64_t bytes) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  if (bytes < int64_t(4 * kHuge)) return;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes)) & ~(kHuge - 1);
+  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 struct Params {
   std::vector<float> gamma, beta;
   explicit Params(const GroupNormArgs& a) : gamma(a.c, 1.0f), beta(a.c, 0.0f) {
@@ -538,6 +562,7 @@ struct Params {
 
 void group_norm_silu_fwd(const GroupNormArgs& a) {
   if (a.n <= 0 || a.c <= 0 || a.hw <= 0) return;
+  advise_huge_pages(a.y, a.n * a.c * a.hw * dtype_size(a.dtype));
   Params prm(a);
   Plan p;
   p.a = &a;
@@ -603,6 +628,7 @@ void group_norm_silu_bwd(const GroupNormArgs& a) {
     if (a.dbias) std::fill(a.dbias, a.dbias + std::max<int64_t>(a.c, 0), 0.0f);
     return;
   }
+  advise_huge_pages(a.dx, a.n * a.c * a.hw * dtype_size(a.dtype));
   Params prm(a);
   Plan p;
   p.a = &a;
