@@ -74,7 +74,7 @@ def test_thresholds_equal_torch_quantile(backend, gen):
                 assert s.shape == (shape[0],)
                 err = ((s.double() - want).abs() / want).max().item()
                 # torch backend: torch.quantile in float32 (rank and lerp rounded in float32)
-                assert err <= (2.5e-7 if backend != "torch" else 2e-6), (shape, ratio, dtype, guided, s, want)
+                assert err <= (2.5e-7 if backend != "torch" else 1e-5), (shape, ratio, dtype, guided, s, want)
 
 
 def test_thresholds_select_existing_values(gen):

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
 
 import numpy as np
 import torch
 
-from .. import ops
 from .._progress import progress_bar
+from ..ops import diffusion as steps_ops
 from ..ops import rng
 from .schedule import NoiseSchedule
 
@@ -177,9 +176,6 @@ class Sampler:
         self._plan_steps()
         if self.timesteps.numel() != self.steps:
             raise ValueError(f"steps: the {spacing!r} spacing gave {self.timesteps.numel()} timesteps for {steps} steps")
-        t = self.timesteps
-        if float(t.max()) > T - 1 or float(t.min()) < 0:
-            raise ValueError(f"steps_offset: timesteps {float(t.min())}..{float(t.max())} leave the schedule's 0..{T - 1}")
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -219,15 +215,15 @@ class Sampler:
 
     @property
     def init_noise_sigma(self):
-        """How much x_T (unit variance) is scaled by before the first step."""
+        """How much x_T (unit variance) is scaled by before the first step (diffusers' attribute)."""
         return 1.0
 
-    def _model_scale(self, i):
-        """x is multiplied by this before the model sees it (sigma space: 1 / sqrt(sigma^2 + 1))."""
-        return 1.0
+    @property
+    def _init_scale(self):
+        """x_T's factor into the loop's variable (sigma samplers carry the model input x / c)."""
+        return self.init_noise_sigma
 
-    def _final_scale(self):
-        return 1.0
+    _final_scale = 1.0
 
     def _timesteps_on(self, device):
         ts = self._device_timesteps.get(device)
@@ -278,34 +274,30 @@ class Sampler:
             if x_T.device.type != "cuda":
                 raise ValueError(f"cuda_graph: needs CUDA tensors, x_T is on {x_T.device}")
             return self._sample_graphed(model, x_T, w, model_cond, generator)
-        x = x_T * self.init_noise_sigma
+        x = x_T * self._init_scale
         return self._loop(model, x, w, model_cond, generator, None, progress)
 
     def _loop(self, model, x, w, model_cond, generator, noise_keys, progress):
         ts = self._timesteps_on(x.device)
         guided = w is not None
-        batch = x.shape[0]
-        n_model = 2 * batch if guided else batch
-        state = {}
+        n_model = 2 * x.shape[0] if guided else x.shape[0]
+        stepper = steps_ops.LoopStepper(self.backend, w)
+        prev_x0 = None
         for i in progress_bar(range(self.steps), total=self.steps, desc=self.name, enabled=progress):
-            scale = self._model_scale(i)
-            x_in = x * scale if scale != 1.0 else x
-            if guided:
-                x_in = torch.cat([x_in, x_in])
+            x_in = torch.cat([x, x]) if guided else x
             out = model(x_in, ts[i].expand(n_model), model_cond)
             if not isinstance(out, torch.Tensor) or out.shape != x_in.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"model: returned {got} for an input of shape {tuple(x_in.shape)}; expected the same shape")
-            key = noise_keys[i] if noise_keys is not None else None
-            x = self._step(i, x, out, w, generator, key, state)
-        scale = self._final_scale()
-        return x * scale if scale != 1.0 else x
-
-    def _noise_args(self, generator, key):
-        return {"noise_key": key} if key is not None else {"generator": generator}
-
-    def _step(self, i, x, out, w, generator, key, state):
-        raise NotImplementedError
+            if out.dtype != x.dtype:
+                out = out.to(x.dtype)
+            step = self._steps[i]
+            key = noise_keys[i] if noise_keys is not None and step.anoise != 0.0 else None
+            if step.want_x0:  # DPM-Solver++ keeps the previous x0
+                x, prev_x0 = stepper(step, x, out, prev=prev_x0 if step.uses_prev else None, generator=generator, key=key)
+            else:
+                x = stepper(step, x, out, generator=generator, key=key)[0]
+        return x * self._final_scale if self._final_scale != 1.0 else x
 
     # -- CUDA graphs ---------------------------------------------------------------------------
 
@@ -317,7 +309,7 @@ class Sampler:
         if entry is None:
             entry = self._capture(model, x_T, w, model_cond, generator)
             if entry is None:  # the model cannot be captured: run eagerly
-                return self._loop(model, x_T * self.init_noise_sigma, w, model_cond, generator, None, False)
+                return self._loop(model, x_T * self._init_scale, w, model_cond, generator, None, False)
             self._graphs[signature] = entry
         graph, static, out = entry
         static["x"].copy_(x_T)
@@ -349,7 +341,7 @@ class Sampler:
             static["w"] = w.clone()
 
         def run():
-            x = static["x"] * self.init_noise_sigma
+            x = static["x"] * self._init_scale
             return self._loop(model, x, static.get("w", w), static.get("cond"), None, static["keys"], False)
 
         # warm up on a side stream first (lazy initialisation, autotuning) as graph capture requires
@@ -370,7 +362,7 @@ class Sampler:
 
     @property
     def _noisy(self):
-        return False
+        return any(step.anoise != 0.0 for step in self._steps)
 
 
 # per-sampler configuration keys that only shape the schedule (read by NoiseSchedule.from_diffusers_config)
@@ -385,10 +377,17 @@ class _VPSampler(Sampler):
 
     def _vp_timesteps(self):
         T = self.schedule.num_train_timesteps
-        return _spaced_timesteps("discrete", T, self.steps, self.timestep_spacing, self.steps_offset)
+        t = _spaced_timesteps("discrete", T, self.steps, self.timestep_spacing, self.steps_offset)
+        if t.size and (t.max() > T - 1 or t.min() < 0):
+            raise ValueError(f"steps_offset: timesteps {t.min()}..{t.max()} leave the schedule's 0..{T - 1}")
+        self.timesteps = torch.from_numpy(t.copy())
+        return t.tolist()
 
     def _acp(self, t):
         return float(self.schedule.alphas_cumprod[t])
+
+    def _limits(self):
+        return {"prediction": self.prediction, "clip_x0": self.clip_x0, "dynamic_threshold": self.dynamic_threshold}
 
 
 class DDPM(_VPSampler):
@@ -396,7 +395,7 @@ class DDPM(_VPSampler):
 
     Each step goes from timestep t to the next one in `timesteps` (alpha_bar = 1 after the last),
     with the posterior variance ("fixed_small") or beta_t ("fixed_large"). Diffusers adds noise of
-    std 1e-10 at a final step whose t > 0; this adds none (the difference is below float32 rounding).
+    std 1e-10 at a final step whose t > 0 ("fixed_small"; beta_t with "fixed_large"); this adds none.
     """
 
     name = "ddpm"
@@ -414,29 +413,9 @@ class DDPM(_VPSampler):
 
     def _plan_steps(self):
         t = self._vp_timesteps()
-        self.timesteps = torch.from_numpy(t.copy())
-        T = self.schedule.num_train_timesteps
-        plan = []
-        for i, ti in enumerate(t.tolist()):
-            if not 0 <= ti < T:
-                plan.append(None)
-                continue
-            prev = t[i + 1] if i + 1 < len(t) else -1
-            a_prev = self._acp(prev) if prev >= 0 else 1.0
-            plan.append(partial(ops.ddpm_step, alpha_bar_t=self._acp(ti), alpha_bar_prev=a_prev,
-                                prediction=self.prediction, clip_x0=self.clip_x0, variance_type=self.variance_type,
-                                backend=self.backend, **self._threshold_kw()))
-        self._plan = plan
-
-    def _threshold_kw(self):
-        return {"dynamic_threshold": self.dynamic_threshold} if self.dynamic_threshold is not None else {}
-
-    @property
-    def _noisy(self):
-        return True
-
-    def _step(self, i, x, out, w, generator, key, state):
-        return self._plan[i](x, out, guidance_scale=1.0 if w is None else w, **self._noise_args(generator, key))
+        prev = t[1:] + [-1]
+        self._steps = [steps_ops.ddpm_plan(self._acp(ti), self._acp(tp) if tp >= 0 else 1.0, variance_type=self.variance_type,
+                                           **self._limits()) for ti, tp in zip(t, prev)]
 
 
 class DDIM(_VPSampler):
@@ -461,33 +440,28 @@ class DDIM(_VPSampler):
 
     def _plan_steps(self):
         t = self._vp_timesteps()
-        self.timesteps = torch.from_numpy(t.copy())
         T = self.schedule.num_train_timesteps
         final = 1.0 if self.set_alpha_to_one else self._acp(0)
-        plan = []
-        for ti in t.tolist():
-            if not 0 <= ti < T:
-                plan.append(None)
-                continue
-            prev = ti - T // self.steps
-            a_prev = self._acp(prev) if prev >= 0 else final
-            kw = {"dynamic_threshold": self.dynamic_threshold} if self.dynamic_threshold is not None else {}
-            plan.append(partial(ops.ddim_step, alpha_bar_t=self._acp(ti), alpha_bar_prev=a_prev, eta=self.eta,
-                                prediction=self.prediction, clip_x0=self.clip_x0,
-                                use_clipped_model_output=self.use_clipped_model_output, backend=self.backend, **kw))
-        self._plan = plan
+        prev = [ti - T // self.steps for ti in t]
+        self._steps = [steps_ops.ddim_plan(self._acp(ti), self._acp(tp) if tp >= 0 else final, eta=self.eta,
+                                           use_clipped_model_output=self.use_clipped_model_output, **self._limits())
+                       for ti, tp in zip(t, prev)]
 
-    @property
-    def _noisy(self):
-        return self.eta > 0
 
-    def _step(self, i, x, out, w, generator, key, state):
-        noise = self._noise_args(generator, key) if self.eta > 0 else {}
-        return self._plan[i](x, out, guidance_scale=1.0 if w is None else w, **noise)
+def _in_vp_space(step, c, c_next):
+    """The same sigma-space step acting on y = x / c and returning y_next = x_next / c_next, with
+    c = sqrt(sigma^2 + 1): y is exactly the model input, so the loop never rescales x."""
+    kx, kp, ax, ap, a0, aprev, anoise = step.coefs()
+    coefs = [kx * c, kp, ax * c / c_next, ap / c_next, a0 / c_next, aprev / c_next, anoise / c_next]
+    return steps_ops._Step.from_coefs(coefs, (step.clip, step.lo, step.hi), step.want_x0, step.thresh)
 
 
 class _SigmaSampler(Sampler):
-    """Samplers in sigma space (x = x_vp * sqrt(sigma^2 + 1)): Euler, Euler ancestral, DPM-Solver++."""
+    """Samplers in sigma space (x = x_vp * sqrt(sigma^2 + 1)): Euler, Euler ancestral, DPM-Solver++.
+
+    The loop carries y = x / sqrt(sigma^2 + 1), the model's input, with each step's coefficients
+    rescaled accordingly (_in_vp_space); the result is converted back at the end.
+    """
 
     space = "sigma"
     _default_spacing = "linspace"
@@ -506,9 +480,14 @@ class _SigmaSampler(Sampler):
         train = _train_sigmas32(self.schedule)
         last = float(train[0]) if self.final_sigmas_type == "sigma_min" else 0.0
         sig = np.concatenate([np.asarray(sigmas, dtype=np.float64), [last]]).astype(np.float32)
+        t = np.asarray(timesteps)
+        T = self.schedule.num_train_timesteps
+        if t.size and (t.max() > T - 1 or t.min() < 0):
+            raise ValueError(f"steps_offset: timesteps {t.min()}..{t.max()} leave the schedule's 0..{T - 1}")
         self.sigmas = torch.from_numpy(sig)
-        self.timesteps = torch.from_numpy(np.asarray(timesteps).astype(np.float32))
+        self.timesteps = torch.from_numpy(t.astype(np.float32))
         self._sig = [float(s) for s in sig]  # host copies: the loop never indexes a device table
+        self._c = [math.sqrt(s * s + 1.0) for s in self._sig]
 
     def _karras_range(self, default_min, default_max):
         lo = self.sigma_min if self.sigma_min is not None else float(default_min)
@@ -519,6 +498,8 @@ class _SigmaSampler(Sampler):
         T = self.schedule.num_train_timesteps
         t = _spaced_timesteps("sigma", T, self.steps, self.timestep_spacing, self.steps_offset)
         train = _train_sigmas32(self.schedule)
+        if t.size and (t.max() > T - 1 or t.min() < 0):
+            raise ValueError(f"steps_offset: timesteps {t.min()}..{t.max()} leave the schedule's 0..{T - 1}")
         sig = np.interp(t, np.arange(0, len(train)), train)
         if self.use_karras_sigmas:
             lo, hi = self._karras_range(sig[-1], sig[0])
@@ -531,15 +512,19 @@ class _SigmaSampler(Sampler):
         top = max(self._sig)
         return top if self.timestep_spacing in ("linspace", "trailing") else math.sqrt(top * top + 1.0)
 
-    def _model_scale(self, i):
-        s = self._sig[i]
-        return 1.0 / math.sqrt(s * s + 1.0)
+    @property
+    def _init_scale(self):
+        return self.init_noise_sigma / self._c[0]
 
-    def _step_kw(self):
-        kw = {"prediction": self.prediction, "clip_x0": self.clip_x0, "backend": self.backend}
-        if self.dynamic_threshold is not None:
-            kw["dynamic_threshold"] = self.dynamic_threshold
-        return kw
+    @property
+    def _final_scale(self):
+        return self._c[-1]  # back to sigma space (diffusers' Euler returns x, not x_vp)
+
+    def _limits(self):
+        return {"prediction": self.prediction, "clip_x0": self.clip_x0, "dynamic_threshold": self.dynamic_threshold}
+
+    def _vp(self, i, step):
+        return _in_vp_space(step, self._c[i], self._c[i + 1])
 
 
 _SIGMA_DEFAULTS = {**_COMMON_DEFAULTS, "timestep_spacing": "linspace"}
@@ -557,11 +542,8 @@ class Euler(_SigmaSampler):
 
     def _plan_steps(self):
         self._euler_sigmas()
-        self._plan = [partial(ops.euler_step, sigma=self._sig[i], sigma_next=self._sig[i + 1], **self._step_kw())
-                      for i in range(self.steps)]
-
-    def _step(self, i, x, out, w, generator, key, state):
-        return self._plan[i](x, out, guidance_scale=1.0 if w is None else w)
+        self._steps = [self._vp(i, steps_ops.euler_plan(self._sig[i], self._sig[i + 1], **self._limits()))
+                       for i in range(self.steps)]
 
 
 class EulerAncestral(_SigmaSampler):
@@ -573,15 +555,8 @@ class EulerAncestral(_SigmaSampler):
 
     def _plan_steps(self):
         self._euler_sigmas()
-        self._plan = [partial(ops.euler_ancestral_step, sigma=self._sig[i], sigma_next=self._sig[i + 1], **self._step_kw())
-                      for i in range(self.steps)]
-
-    @property
-    def _noisy(self):
-        return True
-
-    def _step(self, i, x, out, w, generator, key, state):
-        return self._plan[i](x, out, guidance_scale=1.0 if w is None else w, **self._noise_args(generator, key))
+        self._steps = [self._vp(i, steps_ops.euler_ancestral_plan(self._sig[i], self._sig[i + 1], **self._limits()))
+                       for i in range(self.steps)]
 
 
 class DPMSolverPP2M(_SigmaSampler):
@@ -591,8 +566,8 @@ class DPMSolverPP2M(_SigmaSampler):
     The first step is first order (no history); the last step is first order when
     `lower_order_final` and steps < 15, or `euler_at_final`, or the final sigma is zero
     (`final_sigmas_type="zero"`). `solver_order=1` gives DPM-Solver++(1) (DDIM-like) throughout.
-    x stays in sigma space; the returned sample is the VP sample (x / sqrt(sigma_last^2 + 1)).
-    Model timesteps are int64 (Karras timesteps rounded, except for the cosine schedule).
+    Returns the VP sample (x / sqrt(sigma_last^2 + 1)), as diffusers does. Model timesteps are
+    int64 (Karras timesteps rounded, except for the cosine schedule).
     """
 
     name = "dpmpp_2m"
@@ -634,32 +609,23 @@ class DPMSolverPP2M(_SigmaSampler):
             sig = np.interp(t, np.arange(0, len(train)), train)
         self._set_sigmas(sig, t.astype(np.int64))
         self.timesteps = self.timesteps.to(torch.int64)
-        n = self.steps
-        kw = self._step_kw()
-        plan = []
+        n, plans = self.steps, []
         for i in range(n):
             last = i == n - 1
             first_order = (self.solver_order == 1 or i == 0 or (last and (
                 self.euler_at_final or (self.lower_order_final and n < 15) or self.final_sigmas_type == "zero")))
-            extra = {} if first_order else {"sigma_prev": self._sig[i - 1]}
-            plan.append((first_order, partial(ops.dpmpp_2m_step, sigma=self._sig[i], sigma_next=self._sig[i + 1],
-                                              **extra, **kw)))
-        self._plan = plan
+            sigma_prev = None if first_order else self._sig[i - 1]
+            plans.append(self._vp(i, steps_ops.dpmpp_2m_plan(self._sig[i], self._sig[i + 1], sigma_prev, **self._limits())))
+        self._steps = plans
 
     @property
     def init_noise_sigma(self):
         s = self._sig[0]  # the diffusers scheduler starts from VP noise: x_sigma = x_vp * sqrt(sigma^2 + 1)
         return math.sqrt(s * s + 1.0)
 
+    @property
     def _final_scale(self):
-        s = self._sig[-1]
-        return 1.0 / math.sqrt(s * s + 1.0)
-
-    def _step(self, i, x, out, w, generator, key, state):
-        first_order, step = self._plan[i]
-        prev = None if first_order else state.get("x0")
-        x, state["x0"] = step(x, out, prev_x0=prev, guidance_scale=1.0 if w is None else w)
-        return x
+        return 1.0  # y is the VP sample diffusers returns
 
 
 SAMPLERS = {"ddpm": DDPM, "ddim": DDIM, "euler": Euler, "euler_ancestral": EulerAncestral, "dpmpp_2m": DPMSolverPP2M}

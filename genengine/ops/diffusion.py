@@ -503,8 +503,8 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, backend, x0_out=None, noise_key=None):
-    """Checks, backend choice, noise key, launch. `make_step()` builds the _Step after the checks.
+def _run(x, model_out, uncond, prev, guidance_scale, step, generator, out, backend, x0_out=None, noise_key=None):
+    """Checks, backend choice, noise key, launch of one step with coefficients `step` (a _Step).
 
     The eager path calls the kernel directly; tracing (torch.compile) and autograd go through the
     registered op, which carries the fake implementation and the backward formula.
@@ -515,7 +515,6 @@ def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, 
         if out is not None and out.untyped_storage().data_ptr() == x0_out.untyped_storage().data_ptr():
             raise ValueError("x0_out: must not share memory with out")
     key = _noise_key(noise_key, x, generator)
-    step = make_step()
     seed = offset = 0
     if step.anoise != 0.0 and key is None:
         seed, offset = rng.draw_key(generator, x.device)
@@ -533,6 +532,42 @@ def _run(x, model_out, uncond, prev, guidance_scale, make_step, generator, out, 
         return res, (x0 if step.want_x0 else None)
     return _launch(name, step, x, cond, uncond, prev if step.uses_prev else None, w, w_per_sample, seed, offset, out,
                    x0_out, key)
+
+
+class LoopStepper:
+    """Runs the precomputed steps of one sampling loop (genengine.diffusion) with the checks done once.
+
+    The first call goes through the full checks of the public ops (shapes, dtypes, device, guidance,
+    backend); later calls reuse the backend and guidance weights and launch the kernel directly:
+    about 5 us less per step, the difference between a loop that costs a few diffusers ops and one
+    that costs a single pass. Calls that need autograd or run under torch.compile take the
+    registered-op path every time.
+    """
+
+    __slots__ = ("backend", "guidance_scale", "name", "w", "w_per_sample")
+
+    def __init__(self, backend, guidance_scale):
+        self.backend, self.guidance_scale, self.name = backend, guidance_scale, None
+
+    def __call__(self, step, x, model_out, *, prev=None, generator=None, key=None, out=None, x0_out=None):
+        guidance = 1.0 if self.guidance_scale is None else self.guidance_scale
+        if self.name is None or torch.compiler.is_compiling() or _needs_grad(x, model_out, prev):
+            if self.name is None:
+                name, _, _, _, _, self.w, self.w_per_sample = _prepare(x, model_out, None, prev, guidance, out, self.backend)
+                self.name = name
+            return _run(x, model_out, None, prev, guidance, step, generator, out, self.name, x0_out, key)
+        if model_out.dtype != x.dtype or model_out.device != x.device:
+            _check_tensor("model_out", model_out, x)
+        b = x.shape[0]
+        if self.guidance_scale is not None:
+            cond, uncond = _contig(model_out[b:]), _contig(model_out[:b])
+        else:
+            cond, uncond = _contig(model_out), None
+        seed = offset = 0
+        if step.anoise != 0.0 and key is None:
+            seed, offset = rng.draw_key(generator, x.device)
+        return _launch(self.name, step, _contig(x), cond, uncond, prev if step.uses_prev else None, self.w,
+                       self.w_per_sample, seed, offset, out, x0_out, key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,6 +612,13 @@ def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidanc
     variance ("fixed_small", or beta_t with "fixed_large"); no noise when alpha_bar_prev == 1 (the last
     step), as in diffusers. Returns x_prev, shaped like x.
     """
+    step = ddpm_plan(alpha_bar_t, alpha_bar_prev, prediction, clip_x0, dynamic_threshold, variance_type)
+    return _run(x, model_out, uncond, None, guidance_scale, step, generator, out, backend, None, noise_key)[0]
+
+
+def ddpm_plan(alpha_bar_t, alpha_bar_prev, prediction="epsilon", clip_x0=None, dynamic_threshold=None,
+              variance_type="fixed_small"):
+    """ddpm_step's checked scalars as the fused kernel's coefficients (a _Step)."""
     a_t, a_prev = _alphas(alpha_bar_t, alpha_bar_prev)
     if a_prev < a_t:
         raise ValueError(f"alpha_bar_prev: a DDPM step goes to less noise, so it must be >= alpha_bar_t ({a_t}), got {a_prev}")
@@ -585,20 +627,16 @@ def ddpm_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, uncond=None, guidanc
     thresh = _dynamic_threshold(dynamic_threshold, clip)
     if variance_type not in ("fixed_small", "fixed_large"):
         raise ValueError(f"variance_type: expected 'fixed_small' or 'fixed_large', got {variance_type!r}")
-
-    def make_step():
-        kx, kp, _, _ = _vp_conversion(pred, a_t)
-        alpha_t = a_t / a_prev
-        beta_t = 1.0 - alpha_t
-        c0 = math.sqrt(a_prev) * beta_t / (1.0 - a_t)
-        cx = math.sqrt(alpha_t) * (1.0 - a_prev) / (1.0 - a_t)
-        std = 0.0
-        if a_prev < 1.0:
-            var = (1.0 - a_prev) / (1.0 - a_t) * beta_t if variance_type == "fixed_small" else beta_t
-            std = math.sqrt(max(var, 1e-20))
-        return _Step(kx, kp, cx, 0.0, c0, anoise=std, clip=clip, thresh=thresh)
-
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend, None, noise_key)[0]
+    kx, kp, _, _ = _vp_conversion(pred, a_t)
+    alpha_t = a_t / a_prev
+    beta_t = 1.0 - alpha_t
+    c0 = math.sqrt(a_prev) * beta_t / (1.0 - a_t)
+    cx = math.sqrt(alpha_t) * (1.0 - a_prev) / (1.0 - a_t)
+    std = 0.0
+    if a_prev < 1.0:
+        var = (1.0 - a_prev) / (1.0 - a_t) * beta_t if variance_type == "fixed_small" else beta_t
+        std = math.sqrt(max(var, 1e-20))
+    return _Step(kx, kp, cx, 0.0, c0, anoise=std, clip=clip, thresh=thresh)
 
 
 def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None, guidance_scale=1.0,
@@ -612,6 +650,13 @@ def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None
     flag of the same name; it applies to dynamic thresholding too). Returns x_prev, shaped like x.
     `dynamic_threshold=(ratio, max_value)` and `noise_key` (all five steps): see the module docstring.
     """
+    step = ddim_plan(alpha_bar_t, alpha_bar_prev, prediction, clip_x0, dynamic_threshold, eta, use_clipped_model_output)
+    return _run(x, model_out, uncond, None, guidance_scale, step, generator, out, backend, None, noise_key)[0]
+
+
+def ddim_plan(alpha_bar_t, alpha_bar_prev, prediction="epsilon", clip_x0=None, dynamic_threshold=None, eta=0.0,
+              use_clipped_model_output=False):
+    """ddim_step's checked scalars as the fused kernel's coefficients (a _Step)."""
     a_t, a_prev = _alphas(alpha_bar_t, alpha_bar_prev)
     eta = _scalar("eta", eta)
     if eta < 0:
@@ -627,16 +672,12 @@ def ddim_step(x, model_out, alpha_bar_t, alpha_bar_prev, *, eta=0.0, uncond=None
     direction_sq = 1.0 - a_prev - std * std
     if direction_sq < 0:
         raise ValueError(f"eta: {eta} makes the noise exceed the step's variance (1 - alpha_bar_prev - std^2 < 0)")
-
-    def make_step():
-        kx, kp, ex, ep = _vp_conversion(pred, a_t)
-        d = math.sqrt(direction_sq)
-        if use_clipped_model_output and (clip[0] or thresh is not None):
-            sb = math.sqrt(1.0 - a_t)
-            return _Step(kx, kp, d / sb, 0.0, math.sqrt(a_prev) - d * math.sqrt(a_t) / sb, anoise=std, clip=clip, thresh=thresh)
-        return _Step(kx, kp, d * ex, d * ep, math.sqrt(a_prev), anoise=std, clip=clip, thresh=thresh)
-
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend, None, noise_key)[0]
+    kx, kp, ex, ep = _vp_conversion(pred, a_t)
+    d = math.sqrt(direction_sq)
+    if use_clipped_model_output and (clip[0] or thresh is not None):
+        sb = math.sqrt(1.0 - a_t)
+        return _Step(kx, kp, d / sb, 0.0, math.sqrt(a_prev) - d * math.sqrt(a_t) / sb, anoise=std, clip=clip, thresh=thresh)
+    return _Step(kx, kp, d * ex, d * ep, math.sqrt(a_prev), anoise=std, clip=clip, thresh=thresh)
 
 
 def _sigmas(sigma, sigma_next):
@@ -655,17 +696,19 @@ def euler_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1
 
     x_next = x + (x - x0) / sigma * (sigma_next - sigma). Returns x_next, shaped like x.
     """
+    step = euler_plan(sigma, sigma_next, prediction, clip_x0, dynamic_threshold)
+    return _run(x, model_out, uncond, None, guidance_scale, step, None, out, backend, None, noise_key)[0]
+
+
+def euler_plan(sigma, sigma_next, prediction="epsilon", clip_x0=None, dynamic_threshold=None):
+    """euler_step's checked scalars as the fused kernel's coefficients (a _Step)."""
     s, sn = _sigmas(sigma, sigma_next)
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
     thresh = _dynamic_threshold(dynamic_threshold, clip)
-
-    def make_step():
-        kx, kp = _sigma_conversion(pred, s)
-        r = sn / s
-        return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, thresh=thresh)
-
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, None, out, backend, None, noise_key)[0]
+    kx, kp = _sigma_conversion(pred, s)
+    r = sn / s
+    return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, thresh=thresh)
 
 
 def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidance_scale=1.0, prediction="epsilon",
@@ -675,21 +718,23 @@ def euler_ancestral_step(x, model_out, sigma, sigma_next, *, uncond=None, guidan
     sigma_up = sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2), sigma_down = sqrt(sigma_next^2 -
     sigma_up^2) (eta = 1, as in diffusers and k-diffusion). Returns x_next, shaped like x.
     """
+    step = euler_ancestral_plan(sigma, sigma_next, prediction, clip_x0, dynamic_threshold)
+    return _run(x, model_out, uncond, None, guidance_scale, step, generator, out, backend, None, noise_key)[0]
+
+
+def euler_ancestral_plan(sigma, sigma_next, prediction="epsilon", clip_x0=None, dynamic_threshold=None):
+    """euler_ancestral_step's checked scalars as the fused kernel's coefficients (a _Step)."""
     s, sn = _sigmas(sigma, sigma_next)
     if sn > s:
         raise ValueError(f"sigma_next: an ancestral step goes to less noise, so it must be <= sigma ({s}), got {sn}")
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
     thresh = _dynamic_threshold(dynamic_threshold, clip)
-
-    def make_step():
-        kx, kp = _sigma_conversion(pred, s)
-        sigma_up = math.sqrt(sn * sn * (s * s - sn * sn) / (s * s))
-        sigma_down = math.sqrt(max(sn * sn - sigma_up * sigma_up, 0.0))
-        r = sigma_down / s
-        return _Step(kx, kp, r, 0.0, 1.0 - r, anoise=sigma_up, clip=clip, thresh=thresh)
-
-    return _run(x, model_out, uncond, None, guidance_scale, make_step, generator, out, backend, None, noise_key)[0]
+    kx, kp = _sigma_conversion(pred, s)
+    sigma_up = math.sqrt(sn * sn * (s * s - sn * sn) / (s * s))
+    sigma_down = math.sqrt(max(sn * sn - sigma_up * sigma_up, 0.0))
+    r = sigma_down / s
+    return _Step(kx, kp, r, 0.0, 1.0 - r, anoise=sigma_up, clip=clip, thresh=thresh)
 
 
 def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=None, uncond=None,
@@ -702,33 +747,35 @@ def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=N
     Returns (x_next, x0): pass x0 back as `prev_x0` (and this sigma as `sigma_prev`) next step.
     `out` and `x0_out` are optional preallocated outputs (a loop can ping-pong two x0 buffers).
     """
+    if prev_x0 is not None and sigma_prev is None:
+        raise ValueError("sigma_prev: required with prev_x0 (the noise level prev_x0 was predicted at)")
+    step = dpmpp_2m_plan(sigma, sigma_next, sigma_prev if prev_x0 is not None else None, prediction, clip_x0,
+                         dynamic_threshold)
+    return _run(x, model_out, uncond, prev_x0, guidance_scale, step, None, out, backend, x0_out, noise_key)
+
+
+def dpmpp_2m_plan(sigma, sigma_next, sigma_prev=None, prediction="epsilon", clip_x0=None, dynamic_threshold=None):
+    """dpmpp_2m_step's checked scalars as the fused kernel's coefficients (a _Step); second order when
+    sigma_prev (the noise level of the previous x0) is given and sigma_next > 0."""
     s, sn = _sigmas(sigma, sigma_next)
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
     thresh = _dynamic_threshold(dynamic_threshold, clip)
-    second_order = prev_x0 is not None and sn > 0
-    sp = None
-    if prev_x0 is not None:
-        if sigma_prev is None:
-            raise ValueError("sigma_prev: required with prev_x0 (the noise level prev_x0 was predicted at)")
+    kx, kp = _sigma_conversion(pred, s)
+    r = sn / s
+    if sigma_prev is not None:
         sp = _scalar("sigma_prev", sigma_prev)
         if not sp > s:
             raise ValueError(f"sigma_prev: expected a noise level above sigma ({s}), got {sp}")
         if sn >= s:
             raise ValueError(f"sigma_next: a second-order step needs sigma_next < sigma ({s}), got {sn}")
-
-    def make_step():
-        kx, kp = _sigma_conversion(pred, s)
-        r = sn / s
-        if not second_order:
-            return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, want_x0=True, thresh=thresh)
-        h = math.log(s / sn)
-        ratio = math.log(sp / s) / h
-        a0 = (1.0 - r) * (1.0 + 1.0 / (2.0 * ratio))
-        aprev = -(1.0 - r) / (2.0 * ratio)
-        return _Step(kx, kp, r, 0.0, a0, aprev=aprev, clip=clip, want_x0=True, thresh=thresh)
-
-    return _run(x, model_out, uncond, prev_x0, guidance_scale, make_step, None, out, backend, x0_out, noise_key)
+    if sigma_prev is None or sn == 0:
+        return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, want_x0=True, thresh=thresh)
+    h = math.log(s / sn)
+    ratio = math.log(sp / s) / h
+    a0 = (1.0 - r) * (1.0 + 1.0 / (2.0 * ratio))
+    aprev = -(1.0 - r) / (2.0 * ratio)
+    return _Step(kx, kp, r, 0.0, a0, aprev=aprev, clip=clip, want_x0=True, thresh=thresh)
 
 
 __all__ = ["ddpm_step", "ddim_step", "euler_step", "euler_ancestral_step", "dpmpp_2m_step"]
