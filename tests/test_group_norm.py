@@ -145,6 +145,27 @@ def test_backends_agree_with_torch_functional(backend, gen):
     torch.testing.assert_close(y, F.silu(F.group_norm(x, 32, w, b)), atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("cl", [False, True])
+def test_out_is_filled_in_place(backend, cl, gen):
+    _available(backend)
+    x, w, b, _ = _inputs((2, 12, 5, 7), cl, True, True, torch.float32, gen)
+    out = torch.full_like(x, float("nan"))
+    want = ge.ops.group_norm_silu(x, 4, w, b, backend=backend)
+    got = ge.ops.group_norm_silu(x, 4, w, b, out=out, backend=backend)
+    assert got is out and torch.equal(out, want)
+    xg = x.detach().clone().requires_grad_()  # the autograd path copies its result into out
+    ge.ops.group_norm_silu(xg, 4, w, b, out=out, backend=backend)
+    assert torch.equal(out, want)
+    with pytest.raises(ValueError, match="out"):
+        ge.ops.group_norm_silu(x, 4, w, b, out=torch.empty(2, 12, 5, 6), backend=backend)
+    with pytest.raises(ValueError, match="out"):
+        ge.ops.group_norm_silu(x, 4, w, b, out=x, backend=backend)
+    other = torch.empty_like(x, memory_format=torch.contiguous_format if cl else torch.channels_last)
+    with pytest.raises(ValueError, match="out"):
+        ge.ops.group_norm_silu(x, 4, w, b, out=other, backend=backend)
+
+
 def test_strided_input_is_made_contiguous(gen):
     x = torch.randn(2, 6, 9, 7, generator=gen).transpose(2, 3)  # neither contiguous nor channels-last
     w = torch.randn(6, generator=gen)

@@ -2,7 +2,7 @@
 
 Shapes: x (N, C, H, W) with 32 groups and affine weight/bias, contiguous or channels-last. Per case
 the candidates are timed interleaved: each available genengine backend (forward: the eager no-grad
-call; forward+backward: the autograd call plus torch.autograd.grad to x, weight and bias) and
+call, and with a preallocated `out=`; forward+backward: the autograd call plus torch.autograd.grad to x, weight and bias) and
 "torch-textbook", F.silu(F.group_norm(x)) with the same autograd. Bytes moved: forward reads x and
 writes y; forward+backward also reads dy and x again and writes dx (the floor of a fused kernel).
 "% copy" is a preallocated same-bytes copy's time over the candidate's, timed interleaved in pairs.
@@ -48,8 +48,12 @@ def candidates(shape, dtype, channels_last, device, names, backward):
         w, b = w.to(dtype), b.to(dtype)  # F.group_norm wants the input's dtype
     res = {}
     if not backward:
+        y = torch.empty_like(x)  # keeps x's layout
         for name in names:
             res[name] = lambda name=name: _no_grad(lambda: ops.group_norm_silu(x, GROUPS, w, b, backend=name))
+            if name != "torch":
+                res[name + " out="] = lambda name=name: _no_grad(
+                    lambda: ops.group_norm_silu(x, GROUPS, w, b, out=y, backend=name))
         res["torch-textbook"] = lambda: _no_grad(lambda: F.silu(F.group_norm(x, GROUPS, w, b)))
         return res
     xg, wg, bg = (t.detach().clone().requires_grad_() for t in (x, w, b))

@@ -258,11 +258,13 @@ def _bwd_kernel(name):
     return _kernel_module(name).group_norm_silu_bwd
 
 
-def _forward(name, x, weight, bias, num_groups, eps):
-    """(y, mean, rstd): x is contiguous or channels-last (checked), weight/bias any floating dtype."""
+def _forward(name, x, weight, bias, num_groups, eps, y=None):
+    """(y, mean, rstd): x is contiguous or channels-last (checked), weight/bias any floating dtype;
+    y, when given, is a checked preallocated output in x's layout."""
     cl = _is_channels_last(x)
     ct = _stat_dtype(x)
-    y = _empty(x, cl)
+    if y is None:
+        y = _empty(x, cl)
     mean = torch.empty((x.shape[0], num_groups), dtype=ct, device=x.device)
     rstd = torch.empty_like(mean)
     if x.numel() == 0:
@@ -370,16 +372,33 @@ def _needs_grad(x, weight, bias):
         x.requires_grad or (weight is not None and weight.requires_grad) or (bias is not None and bias.requires_grad))
 
 
-def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5, *, backend="auto"):
+def _check_out(out, x):
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out: expected a torch.Tensor, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out: expected x's shape {tuple(x.shape)}, dtype {x.dtype} and device {x.device}, got "
+                         f"{tuple(out.shape)}, {out.dtype}, {out.device}")
+    if _is_channels_last(x) != _is_channels_last(out) or not (out.is_contiguous() or _is_channels_last(out)):
+        raise ValueError("out: expected the memory layout of x (contiguous, or channels-last when x is)")
+    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+        raise ValueError("out: must not share memory with x")
+
+
+def group_norm_silu(x, num_groups, weight=None, bias=None, eps=1e-5, *, out=None, backend="auto"):
     """silu(group_norm(x, num_groups, weight, bias, eps)) in one fused pass (and one fused backward).
 
     x: (N, C, *spatial), contiguous or channels-last (y keeps the layout); weight, bias: (C,) or None.
     Equals torch.nn.functional.silu(torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)).
+    out: an optional preallocated result in x's shape, dtype and layout (a loop that reuses it skips
+    the fresh allocation, whose page faults on the CPU cost more than the kernel at large sizes).
     """
     name, x, g, e = _prepare(x, num_groups, weight, bias, eps, backend)
+    if out is not None:
+        _check_out(out, x)
     if torch.compiler.is_compiling() or _needs_grad(x, weight, bias):
-        return _group_norm_silu_op(x, weight, bias, g, e, name)[0]
-    return _forward(name, x, weight, bias, g, e)[0]
+        y = _group_norm_silu_op(x, weight, bias, g, e, name)[0]
+        return y if out is None else out.copy_(y)
+    return _forward(name, x, weight, bias, g, e, y=out)[0]
 
 
 __all__ = ["group_norm_silu"]
