@@ -14,6 +14,7 @@ OPS = {
     "euler_step": ("torch", "cpp", "triton", "cuda"),
     "euler_ancestral_step": ("torch", "cpp", "triton", "cuda"),
     "dpmpp_2m_step": ("torch", "cpp", "triton", "cuda"),
+    "dynamic thresholding (the steps' dynamic_threshold=)": ("torch", "cpp", "triton", "cuda"),
     "group_norm_silu": ("torch", "cpp", "triton", "cuda"),
     "philox_words / philox_uniform / philox_normal": ("torch", "cpp", "triton", "cuda"),
 }
