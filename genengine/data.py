@@ -16,15 +16,9 @@ import numbers
 
 import torch
 
+from ._checks import positive_int
+
 __all__ = ["ring_of_gaussians", "ring_centres", "two_moons", "checkerboard"]
-
-
-def _count(name, n):
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(n).__name__}")
-    if n <= 0:
-        raise ValueError(f"{name}: expected a positive number, got {n}")
-    return int(n)
 
 
 def _nonneg(name, v, positive=False):
@@ -46,7 +40,7 @@ def _device(generator):
 
 def ring_centres(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
     """The (modes, 2) float32 mode centres of `ring_of_gaussians`, mode k at angle 2*pi*k/modes."""
-    modes = _count("modes", modes)
+    modes = positive_int("modes", modes)
     radius = _nonneg("radius", radius, positive=True)
     angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
     return (radius * torch.stack([angle.cos(), angle.sin()], dim=1)).float()
@@ -55,7 +49,7 @@ def ring_centres(modes: int = 8, radius: float = 2.0) -> torch.Tensor:
 def ring_of_gaussians(n: int, *, modes: int = 8, radius: float = 2.0, std: float = 0.05, generator=None):
     """n points from an equal mixture of `modes` isotropic Gaussians (standard deviation `std`)
     centred on a circle of `radius`; labels are the mode indices (see `ring_centres`)."""
-    n = _count("n", n)
+    n = positive_int("n", n)
     std = _nonneg("std", std)
     device = _device(generator)
     centres = ring_centres(modes, radius).to(device)
@@ -68,7 +62,7 @@ def two_moons(n: int, *, noise: float = 0.05, generator=None):
     """n points on two interleaved half circles (radius 1; the upper one centred at (0, 0), the
     lower at (1, 0.5)) plus Gaussian noise of standard deviation `noise`; labels say which moon.
     The two moons get n // 2 and n - n // 2 points, in random order."""
-    n = _count("n", n)
+    n = positive_int("n", n)
     noise = _nonneg("noise", noise)
     device = _device(generator)
     labels = (torch.arange(n, device=device) % 2)[torch.randperm(n, generator=generator, device=device)]
@@ -84,7 +78,7 @@ def checkerboard(n: int, *, generator=None):
     """n points uniform over the 8 dark squares of a 4x4 board covering [-2, 2]^2 (square (i, j),
     column i and row j counted from the lower left, is dark when i + j is even); labels number the
     dark squares 0..7 in row-major order."""
-    n = _count("n", n)
+    n = positive_int("n", n)
     device = _device(generator)
     labels = torch.randint(0, 8, (n,), generator=generator, device=device)
     row = labels // 2

@@ -351,7 +351,7 @@ def test_toy_data_is_deterministic_and_typed(make):
     x3, _ = make(500, generator=torch.Generator().manual_seed(4))
     assert torch.equal(x1, x2) and torch.equal(y1, y2) and not torch.equal(x1, x3)
     assert x1.shape == (500, 2) and x1.dtype == torch.float32 and y1.shape == (500,) and y1.dtype == torch.int64
-    with pytest.raises(ValueError, match="n: expected a positive number"):
+    with pytest.raises(ValueError, match="n: expected a positive int"):
         make(0)
     with pytest.raises(TypeError, match="generator"):
         make(5, generator=3)

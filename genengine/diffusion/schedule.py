@@ -16,13 +16,9 @@ import math
 
 import torch
 
+from .._checks import positive_int as _positive_int
+
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return v
 
 
 def _beta_range(beta_start, beta_end):

@@ -24,19 +24,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._checks import positive_int as _positive_int
 from ..nn import GroupNormSiLU
 
 __all__ = ["UNet", "MLPDenoiser", "timestep_embedding"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {v}")
-    return int(v)
 
 
 def _optional_classes(num_classes):

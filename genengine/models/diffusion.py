@@ -26,6 +26,7 @@ import numbers
 import torch
 from torch import nn
 
+from .._checks import positive_int as _positive_int
 from .._progress import Progress
 
 __all__ = ["DiffusionModel"]
@@ -38,14 +39,6 @@ def _diffusion():
     from .. import diffusion
 
     return diffusion
-
-
-def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {v}")
-    return int(v)
 
 
 def _real(name, v, lo, hi, lo_open=False, hi_open=False):
