@@ -22,13 +22,14 @@ void sampler_step(int dtype, int64_t n, int64_t inner, uintptr_t out, uintptr_t 
                   uintptr_t guidance_per_sample, float guidance, float kx, float kp, float ax,
                   float ap, float a0, float aprev, float anoise, bool clip, float clip_lo,
                   float clip_hi, uint64_t seed, uint64_t offset, uintptr_t thresholds,
-                  uintptr_t noise_key) {
+                  uintptr_t noise_key, uintptr_t out_dup) {
   ge::StepArgs a;
   a.dtype = dtype;
   a.n = n;
   a.inner = inner > 0 ? inner : 1;
   a.out = ptr(out);
   a.x0_out = ptr(x0_out);
+  a.out_dup = ptr(out_dup);
   a.x = ptr(x);
   a.cond = ptr(cond);
   a.uncond = ptr(uncond);
@@ -132,8 +133,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("kp"), py::arg("ax"), py::arg("ap"), py::arg("a0"), py::arg("aprev"),
         py::arg("anoise"), py::arg("clip"), py::arg("clip_lo"), py::arg("clip_hi"),
         py::arg("seed"), py::arg("offset"), py::arg("thresholds") = 0, py::arg("noise_key") = 0,
+        py::arg("out_dup") = 0,
         "One fused sampler step (csrc/common/step.h). thresholds: optional float32 [batch] "
-        "dynamic thresholds; noise_key: optional int64[2] (seed, offset) read instead of seed/offset.");
+        "dynamic thresholds; noise_key: optional int64[2] (seed, offset) read instead of seed/offset; "
+        "out_dup: optional second output that receives the same values as out.");
   m.def("dynamic_thresholds", &dynamic_thresholds, nogil,
         "Per-sample dynamic thresholds of x0 = kx x + kp p into float32 [batch] (cpu/diffusion.h).");
   m.def("philox_fill",

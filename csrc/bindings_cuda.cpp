@@ -22,7 +22,7 @@ void sampler_step(int dtype, int64_t n, int64_t inner, void* out, void* x0_out, 
                   const void* cond, const void* uncond, const void* prev,
                   const float* guidance_per_sample, float guidance, const StepCoefs& k,
                   uint64_t seed, uint64_t offset, uintptr_t stream, const float* thresholds,
-                  const uint64_t* key);
+                  const uint64_t* key, void* out_dup);
 const char* compiled_archs();
 // csrc/cuda/threshold.cu
 int64_t threshold_workspace_words();
@@ -53,12 +53,12 @@ void sampler_step(int dtype, int64_t n, int64_t inner, uintptr_t out, uintptr_t 
                   uintptr_t guidance_per_sample, float guidance, float kx, float kp, float ax,
                   float ap, float a0, float aprev, float anoise, bool clip, float clip_lo,
                   float clip_hi, uint64_t seed, uint64_t offset, uintptr_t stream,
-                  uintptr_t thresholds, uintptr_t noise_key) {
+                  uintptr_t thresholds, uintptr_t noise_key, uintptr_t out_dup) {
   const ge::StepCoefs k{kx, kp, ax, ap, a0, aprev, anoise, clip_lo, clip_hi, clip ? 1 : 0};
   ge::cuda::sampler_step(dtype, n, inner, ptr(out), ptr(x0_out), ptr(x), ptr(cond), ptr(uncond),
                          ptr(prev), static_cast<const float*>(ptr(guidance_per_sample)), guidance,
                          k, seed, offset, stream, static_cast<const float*>(ptr(thresholds)),
-                         static_cast<const uint64_t*>(ptr(noise_key)));
+                         static_cast<const uint64_t*>(ptr(noise_key)), ptr(out_dup));
 }
 
 void dynamic_thresholds(int dtype, int64_t batch, int64_t inner, uintptr_t x, uintptr_t cond,
@@ -92,10 +92,11 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("kp"), py::arg("ax"), py::arg("ap"), py::arg("a0"), py::arg("aprev"),
         py::arg("anoise"), py::arg("clip"), py::arg("clip_lo"), py::arg("clip_hi"),
         py::arg("seed"), py::arg("offset"), py::arg("stream") = 0, py::arg("thresholds") = 0,
-        py::arg("noise_key") = 0,
+        py::arg("noise_key") = 0, py::arg("out_dup") = 0,
         "One fused sampler step (see csrc/common/step.h), asynchronous on `stream`. thresholds: "
         "optional float32 [batch] dynamic thresholds; noise_key: optional device uint64[2] "
-        "(seed, offset) the kernel reads instead of seed/offset.");
+        "(seed, offset) the kernel reads instead of seed/offset; out_dup: optional second output "
+        "that receives the same values as out.");
   m.def("dynamic_thresholds", &dynamic_thresholds, nogil, py::arg("dtype"), py::arg("batch"),
         py::arg("inner"), py::arg("x"), py::arg("cond"), py::arg("uncond"),
         py::arg("guidance_per_sample"), py::arg("guidance"), py::arg("kx"), py::arg("kp"),

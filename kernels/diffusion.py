@@ -10,13 +10,15 @@ operations in the same order as the C++ kernel):
         per-sample s come from kernels/threshold.py)
   out = ax * x + ap * p + a0 * x0 + aprev * prev + anoise * z
   x0_out[i] = x0                          when asked for
+  out_dup[i] = out[i]                     when asked for (the same stored bits: a guided sampling
+                                          loop writes the halves of its next model input [x; x])
 where z is normal number i of the Philox stream (seed, offset) (kernels/rng.py) -- or of the stream
 whose (seed, offset) the kernel loads from noise_key (int64 [2], uint64 bit patterns) when given, so
 a captured CUDA graph draws with whatever key is in that memory at replay -- and the prev / z
 terms are zero when prev is not given / anoise is 0 in float32 (like the C++ kernel, a zero term is
 still added, so signed zeros come out the same).
 
-Shape conventions: every latent tensor (out, x0_out, x, cond, uncond, prev) is contiguous, has the
+Shape conventions: every latent tensor (out, x0_out, out_dup, x, cond, uncond, prev) is contiguous, has the
 same dtype (float32, bfloat16 or float16) and n = x.numel() elements, viewed flat;
 guidance_per_sample is a float32 tensor of [batch] weights, element i using weight i // inner
 (inner = elements per sample). Each program handles BLOCK consecutive elements laid out as
@@ -67,7 +69,7 @@ def _from_f32(v, dtype: tl.constexpr):
 
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _sampler_step_kernel(
-    out_ptr, x0_ptr, x_ptr, cond_ptr, uncond_ptr, prev_ptr, gps_ptr, thr_ptr, key_ptr,
+    out_ptr, x0_ptr, x_ptr, cond_ptr, uncond_ptr, prev_ptr, gps_ptr, thr_ptr, key_ptr, dup_ptr,
     n, inner,
     guidance, kx, kp, ax, ap, a0, aprev, anoise, clip_lo, clip_hi,
     seed_lo, seed_hi, off_lo, off_hi,
@@ -75,6 +77,7 @@ def _sampler_step_kernel(
     HAS_NOISE: tl.constexpr, WRITE_X0: tl.constexpr, CLIP: tl.constexpr,
     INNER_I32: tl.constexpr, BLOCK: tl.constexpr,
     THRESH: tl.constexpr = False, KEY_PTR: tl.constexpr = False, NEED_SAMPLE: tl.constexpr = False,
+    WRITE_DUP: tl.constexpr = False,
 ):
     ROWS: tl.constexpr = BLOCK // 4
     pid = tl.program_id(0).to(tl.int64)
@@ -146,7 +149,10 @@ def _sampler_step_kernel(
     else:
         acc = acc + anoise * 0.0
 
-    tl.store(out_ptr + offs, _from_f32(acc, out_ptr.dtype.element_ty), mask=mask)
+    res = _from_f32(acc, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, res, mask=mask)
+    if WRITE_DUP:
+        tl.store(dup_ptr + offs, res, mask=mask)
     if WRITE_X0:
         tl.store(x0_ptr + offs, _from_f32(x0, x0_ptr.dtype.element_ty), mask=mask)
 
@@ -169,7 +175,8 @@ def _check(name, t, ref):
 
 
 def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidance, kx, kp, ax, ap,
-                 a0, aprev, anoise, clip, clip_lo, clip_hi, seed, offset, inner, thresholds=None, noise_key=None):
+                 a0, aprev, anoise, clip, clip_lo, clip_hi, seed, offset, inner, thresholds=None, noise_key=None,
+                 out_dup=None):
     """One fused sampler step (see the module docstring); writes out (and x0_out) and returns out.
 
     out, x, cond (and x0_out, uncond, prev when not None): contiguous, one dtype (float32,
@@ -178,10 +185,12 @@ def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidan
     float32; seed and offset (the Philox stream of the noise) are taken modulo 2^64.
     thresholds: None or float32 [batch] dynamic thresholds (then clip must be False).
     noise_key: None or a contiguous int64 [2] tensor on x's device, read by the kernel in place of
-    seed and offset."""
+    seed and offset. out_dup: None or a second output like out (not overlapping it) that receives
+    the same values."""
     if x.dtype not in _DTYPES:
         raise TypeError(f"sampler_step: dtype {x.dtype} not supported (float32, bfloat16, float16)")
-    for name, t in (("out", out), ("x0_out", x0_out), ("cond", cond), ("uncond", uncond), ("prev", prev)):
+    for name, t in (("out", out), ("x0_out", x0_out), ("out_dup", out_dup), ("cond", cond), ("uncond", uncond),
+                    ("prev", prev)):
         _check(name, t, x)
     if out is None or cond is None:
         raise ValueError("sampler_step: out and cond are required")
@@ -217,6 +226,7 @@ def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidan
         uncond if uncond is not None else x, prev if prev is not None else x,
         guidance_per_sample if per_sample else x,
         thresholds if thresh else x, noise_key if noise_key is not None else x,
+        out_dup if out_dup is not None else out,
         n, inner,
         float(guidance), float(kx), float(kp), float(ax), float(ap), float(a0), float(aprev),
         float(anoise), float(clip_lo), float(clip_hi),
@@ -225,6 +235,7 @@ def sampler_step(out, x0_out, x, cond, uncond, prev, guidance_per_sample, guidan
         HAS_NOISE=_f32_nonzero(anoise), WRITE_X0=x0_out is not None, CLIP=bool(clip),
         INNER_I32=inner + STEP_BLOCK < 2**31, BLOCK=STEP_BLOCK,
         THRESH=thresh, KEY_PTR=noise_key is not None, NEED_SAMPLE=per_sample or thresh,
+        WRITE_DUP=out_dup is not None,
         num_warps=STEP_NUM_WARPS,
     )
     return out

@@ -10,9 +10,15 @@
 // and the threshold are loop constants (the thresholds come from threshold.cpp, run before).
 // Noise element i is normal number i of the Philox stream (seed, offset), generated in blocks of
 // kNormalBatch in L1, so the result does not depend on threading or chunking.
+// An optional second output (out_dup) receives the same stored values: a guided sampling loop points
+// out and out_dup at the two halves of the next model input [x; x], saving a concatenation pass.
+// Only guided instances (UNCOND) carry the second store in the loop, which is where loops use it;
+// the others copy each finished chunk while it is still in cache, so the rarely used combinations do
+// not double the (already 36 per dtype and ISA) template instances.
 #include "diffusion.h"
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include "cpu_common.h"
@@ -23,7 +29,7 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // elements per parallel chunk (a multiple of 4)
 
-template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH>
+template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH, bool DUP>
 inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64_t i0, int64_t i1, float w, float s) {
   const T* __restrict x = static_cast<const T*>(a.x);
   const T* __restrict cond = static_cast<const T*>(a.cond);
@@ -31,6 +37,7 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
   const T* __restrict prev = static_cast<const T*>(a.prev);
   T* __restrict out = static_cast<T*>(a.out);
   T* __restrict x0_out = static_cast<T*>(a.x0_out);
+  T* __restrict out_dup = static_cast<T*>(a.out_dup);
   const StepCoefs k = a.k;
   // without an x0 term: out = cx x + cc cond + cu uncond (+ noise); else the full form of step.h
   const float cc = UNCOND ? k.ap * w : k.ap, cu = k.ap * (1.0f - w);
@@ -54,9 +61,14 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
     }
     if constexpr (NOISE) o = o + k.anoise * z;
     out[i] = from_float<T>(o);
+    if constexpr (DUP) out_dup[i] = from_float<T>(o);  // (a named 16-bit struct temp defeats the vectoriser)
   };
 
   if constexpr (!NOISE) {
+    // ivdep: the pointers are distinct or (out, x) identical, element i touching index i only; GCC
+    // cannot see the __restrict through the lambda and would otherwise version the loop on alias
+    // checks, which it gives up on past ten pointer pairs (the guided x0 + prev + out_dup case)
+#pragma GCC ivdep
     for (int64_t i = i0; i < i1; ++i) element(i, 0.0f);
   } else {
     alignas(64) float zs[kNormalBatch];
@@ -67,25 +79,26 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
       const int len = int(std::min<int64_t>(kNormalBatch - lead, i1 - i));
       philox_normals(a.key, uint64_t(base / 4), (lead + len + 3) / 4, zs);
       const float* z = zs + lead;
+#pragma GCC ivdep
       for (int j = 0; j < len; ++j) element(i + j, z[j]);
       i += len;
     }
   }
 }
 
-template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH>
+template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH, bool DUP>
 inline __attribute__((always_inline)) void step_range(const StepArgs& a, int64_t begin, int64_t end) {
   const bool per_sample_w = UNCOND && a.guidance_per_sample;
   if (!per_sample_w && !THRESH) {
-    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH>(a, begin, end, a.guidance, 1.0f);
+    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH, DUP>(a, begin, end, a.guidance, 1.0f);
     return;
   }
   for (int64_t i = begin; i < end;) {  // one segment per sample: weight and threshold are loop constants
     const int64_t b = i / a.inner;
     const int64_t seg_end = std::min(end, (b + 1) * a.inner);
-    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH>(a, i, seg_end,
-                                                               per_sample_w ? a.guidance_per_sample[b] : a.guidance,
-                                                               THRESH ? a.thresholds[b] : 1.0f);
+    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH, DUP>(a, i, seg_end,
+                                                                    per_sample_w ? a.guidance_per_sample[b] : a.guidance,
+                                                                    THRESH ? a.thresholds[b] : 1.0f);
     i = seg_end;
   }
 }
@@ -95,13 +108,16 @@ inline __attribute__((always_inline)) void step_dispatch(const StepArgs& a, int6
   const bool write_x0 = a.x0_out != nullptr;
   const bool thresh = a.thresholds != nullptr;
   const bool x0_term = write_x0 || a.k.clip || thresh || a.k.a0 != 0.0f || a.prev != nullptr;
+  const bool dup = a.out_dup != nullptr;
+  const bool fused_dup = dup && a.uncond != nullptr;
   const int flags = (a.uncond ? 1 : 0) | (x0_term ? 2 : 0) | (a.prev ? 4 : 0) | (a.noise ? 8 : 0) | (write_x0 ? 16 : 0) |
-                    (thresh ? 32 : 0);
+                    (thresh ? 32 : 0) | (fused_dup ? 64 : 0);
   switch (flags) {
 #define GE_STEP_CASE(F)                                                                                     \
   case F:                                                                                                   \
-    return step_range<T, ((F) & 1) != 0, ((F) & 2) != 0, ((F) & 4) != 0, ((F) & 8) != 0, ((F) & 16) != 0, \
-                      ((F) & 32) != 0>(a, begin, end);
+    step_range<T, ((F) & 1) != 0, ((F) & 2) != 0, ((F) & 4) != 0, ((F) & 8) != 0, ((F) & 16) != 0,          \
+               ((F) & 32) != 0, ((F) & 64) != 0>(a, begin, end);                                            \
+    break;
     // x0_term is set whenever prev, write_x0 or thresholding is, so only these 36 combinations occur
     GE_STEP_CASE(0) GE_STEP_CASE(1) GE_STEP_CASE(8) GE_STEP_CASE(9)
     GE_STEP_CASE(2) GE_STEP_CASE(3) GE_STEP_CASE(10) GE_STEP_CASE(11)
@@ -112,8 +128,17 @@ inline __attribute__((always_inline)) void step_dispatch(const StepArgs& a, int6
     GE_STEP_CASE(38) GE_STEP_CASE(39) GE_STEP_CASE(46) GE_STEP_CASE(47)
     GE_STEP_CASE(50) GE_STEP_CASE(51) GE_STEP_CASE(58) GE_STEP_CASE(59)
     GE_STEP_CASE(54) GE_STEP_CASE(55) GE_STEP_CASE(62) GE_STEP_CASE(63)
+    // and the guided ones (odd) again with the fused second store
+    GE_STEP_CASE(65) GE_STEP_CASE(73) GE_STEP_CASE(67) GE_STEP_CASE(75)
+    GE_STEP_CASE(71) GE_STEP_CASE(79) GE_STEP_CASE(83) GE_STEP_CASE(91)
+    GE_STEP_CASE(87) GE_STEP_CASE(95) GE_STEP_CASE(99) GE_STEP_CASE(107)
+    GE_STEP_CASE(103) GE_STEP_CASE(111) GE_STEP_CASE(115) GE_STEP_CASE(123)
+    GE_STEP_CASE(119) GE_STEP_CASE(127)
 #undef GE_STEP_CASE
     default: break;
+  }
+  if (dup && !fused_dup) {  // unguided: the chunk just written is still in L2
+    std::memcpy(static_cast<T*>(a.out_dup) + begin, static_cast<const T*>(a.out) + begin, size_t(end - begin) * sizeof(T));
   }
 }
 

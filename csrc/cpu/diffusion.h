@@ -12,6 +12,7 @@ struct StepArgs {
   int64_t inner = 1;               // elements per sample (n / batch), for per-sample guidance
   void* out = nullptr;
   void* x0_out = nullptr;          // optional: the (clipped) predicted x0
+  void* out_dup = nullptr;         // optional: a second copy of out (bit-identical), e.g. the other half of [x; x]
   const void* x = nullptr;
   const void* cond = nullptr;      // model output (the conditional one when guiding)
   const void* uncond = nullptr;    // optional unconditional model output

@@ -3,8 +3,10 @@
 // csrc/common/step.h for the math, which is shared verbatim with the CPU kernel.
 //
 // Shape conventions (the Python side has checked them and made everything contiguous):
-//   x, cond, uncond, prev, out, x0_out   n elements of one dtype (float32, bfloat16 or float16),
-//                                        flattened [batch, ...]; uncond, prev, x0_out optional
+//   x, cond, uncond, prev, out, x0_out,  n elements of one dtype (float32, bfloat16 or float16),
+//   out_dup                              flattened [batch, ...]; uncond, prev, x0_out, out_dup
+//                                        optional; out_dup receives the values stored into out (a
+//                                        guided loop's next model input [x; x] without a concat)
 //   guidance_per_sample                   optional float32 [batch]; element i uses entry i / inner
 //   thresholds                            optional float32 [batch] dynamic thresholds (threshold.cu):
 //                                        x0 = clamp(x0, -s, s) / s with s = thresholds[i / inner]
@@ -39,6 +41,7 @@ struct StepParams {
   int64_t inner;                     // elements per sample, > 0
   void* out;
   void* x0_out;                      // may be null
+  void* out_dup;                     // may be null
   const void* x;
   const void* cond;
   const void* uncond;                // may be null
@@ -153,6 +156,7 @@ __device__ __forceinline__ void step_group4(const StepParams& p, const PhiloxKey
   const T* __restrict__ prev = static_cast<const T*>(p.prev);
   T* __restrict__ out = static_cast<T*>(p.out);
   T* __restrict__ x0_out = static_cast<T*>(p.x0_out);
+  T* __restrict__ out_dup = static_cast<T*>(p.out_dup);
   const int64_t i0 = 4 * g;
   const int valid = int(p.n - i0 < 4 ? p.n - i0 : 4);
   float xs[4], cs[4], us[4], ws[4], ss[4], ps[4], zs[4], os[4], x0s[4];
@@ -176,7 +180,9 @@ __device__ __forceinline__ void step_group4(const StepParams& p, const PhiloxKey
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     if (j < valid) {
-      out[i0 + j] = from_float<T>(os[j]);
+      const T o = from_float<T>(os[j]);
+      out[i0 + j] = o;
+      if (out_dup) out_dup[i0 + j] = o;
       if (x0_out) x0_out[i0 + j] = from_float<T>(x0s[j]);
     }
   }
@@ -187,7 +193,7 @@ __device__ __forceinline__ void step_group4(const StepParams& p, const PhiloxKey
 // guidance_per_sample != null) turned into constants by a branch outside the loop, so the common
 // loops carry neither the clamp selects nor the sample-index bookkeeping (together ~18% of the
 // instructions of the guided + noise loop on sm_90a).
-template <typename T, bool kUncond, bool kNoise, bool kPrev, bool kClip, bool kThresh, bool kPerSample>
+template <typename T, bool kUncond, bool kNoise, bool kPrev, bool kDup, bool kClip, bool kThresh, bool kPerSample>
 __device__ __forceinline__ void step_vec_loop(const StepParams& p, const PhiloxKey& key) {
   constexpr int V = Vec16<T>::kWidth;
   static_assert(V % 4 == 0, "a vector must hold whole Philox blocks");
@@ -197,6 +203,7 @@ __device__ __forceinline__ void step_vec_loop(const StepParams& p, const PhiloxK
   const T* __restrict__ prev = static_cast<const T*>(p.prev);
   T* __restrict__ out = static_cast<T*>(p.out);
   T* __restrict__ x0_out = static_cast<T*>(p.x0_out);
+  T* __restrict__ out_dup = static_cast<T*>(p.out_dup);
   StepCoefs k = p.k;
   k.clip = kClip ? 1 : 0;
 
@@ -237,26 +244,27 @@ __device__ __forceinline__ void step_vec_loop(const StepParams& p, const PhiloxK
     }
     combine<V>(k, kUncond, kThresh, xs, cs, us, ws, ss, ps, zs, os, x0s);
     store16(out, i, os);
+    if (kDup) store16(out_dup, i, os);  // the same float32 values, so the same narrowed bits
     if (x0_out) store16(x0_out, i, x0s);
     if (track_sample) cur.advance(dq, dr, p.inner);
   }
 }
 
 // The n % kWidth leftover elements go to the first threads of the grid after the loop.
-template <typename T, bool kUncond, bool kNoise, bool kPrev>
+template <typename T, bool kUncond, bool kNoise, bool kPrev, bool kDup>
 __global__ void __launch_bounds__(kThreads) step_vec_kernel(const StepParams p) {
   constexpr int V = Vec16<T>::kWidth;
   const bool per_sample = kUncond && p.guidance_per_sample != nullptr;
   const PhiloxKey key = kNoise ? launch_key(p) : p.key;
   if (p.thresholds) {  // the Python side never combines clipping and thresholding
-    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, false, true, kUncond>(p, key);
-    else step_vec_loop<T, kUncond, kNoise, kPrev, false, true, false>(p, key);
+    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, kDup, false, true, kUncond>(p, key);
+    else step_vec_loop<T, kUncond, kNoise, kPrev, kDup, false, true, false>(p, key);
   } else if (p.k.clip) {
-    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, true, false, kUncond>(p, key);
-    else step_vec_loop<T, kUncond, kNoise, kPrev, true, false, false>(p, key);
+    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, kDup, true, false, kUncond>(p, key);
+    else step_vec_loop<T, kUncond, kNoise, kPrev, kDup, true, false, false>(p, key);
   } else {
-    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, false, false, kUncond>(p, key);
-    else step_vec_loop<T, kUncond, kNoise, kPrev, false, false, false>(p, key);
+    if (per_sample) step_vec_loop<T, kUncond, kNoise, kPrev, kDup, false, false, kUncond>(p, key);
+    else step_vec_loop<T, kUncond, kNoise, kPrev, kDup, false, false, false>(p, key);
   }
 
   const int64_t tail = p.n / V * V;  // a multiple of 4: the tail is whole Philox blocks
@@ -280,21 +288,27 @@ __global__ void __launch_bounds__(kThreads) step_scalar_kernel(const StepParams 
   }
 }
 
-template <typename T, bool kUncond, bool kNoise, bool kPrev>
+template <typename T, bool kUncond, bool kNoise, bool kPrev, bool kDup>
 void launch_vec(const StepParams& p, cudaStream_t stream) {
   constexpr int V = Vec16<T>::kWidth;
   static std::atomic<int> occupancy{0};
-  auto kernel = step_vec_kernel<T, kUncond, kNoise, kPrev>;
+  auto kernel = step_vec_kernel<T, kUncond, kNoise, kPrev, kDup>;
   const int64_t nvec = p.n / V, tail_groups = (p.n - nvec * V + 3) / 4;
   const unsigned grid = grid_for(nvec > tail_groups ? nvec : tail_groups, kernel, occupancy);
   kernel<<<grid, kThreads, 0, stream>>>(p);
   GE_CUDA_CHECK_LAUNCH();
 }
 
+template <typename T, bool kUncond, bool kNoise, bool kPrev>
+void launch_vec_dup(const StepParams& p, cudaStream_t stream) {
+  if (p.out_dup) launch_vec<T, kUncond, kNoise, kPrev, true>(p, stream);
+  else launch_vec<T, kUncond, kNoise, kPrev, false>(p, stream);
+}
+
 template <typename T, bool kUncond, bool kNoise>
 void launch_vec_prev(const StepParams& p, bool has_prev, cudaStream_t stream) {
-  if (has_prev) launch_vec<T, kUncond, kNoise, true>(p, stream);
-  else launch_vec<T, kUncond, kNoise, false>(p, stream);
+  if (has_prev) launch_vec_dup<T, kUncond, kNoise, true>(p, stream);
+  else launch_vec_dup<T, kUncond, kNoise, false>(p, stream);
 }
 
 template <typename T, bool kUncond>
@@ -308,7 +322,7 @@ void launch_typed(const StepParams& p, cudaStream_t stream) {
   const bool has_uncond = p.uncond != nullptr, has_prev = p.prev != nullptr;
   const bool has_noise = p.k.anoise != 0.0f;
   const bool aligned = aligned16(p.out) && aligned16(p.x) && aligned16(p.cond) &&
-                       (!p.x0_out || aligned16(p.x0_out)) &&
+                       (!p.x0_out || aligned16(p.x0_out)) && (!p.out_dup || aligned16(p.out_dup)) &&
                        (!has_uncond || aligned16(p.uncond)) && (!has_prev || aligned16(p.prev));
   if (aligned) {
     if (has_uncond) launch_vec_noise<T, true>(p, has_noise, has_prev, stream);
@@ -328,7 +342,7 @@ void sampler_step(int dtype, int64_t n, int64_t inner, void* out, void* x0_out, 
                   const void* cond, const void* uncond, const void* prev,
                   const float* guidance_per_sample, float guidance, const StepCoefs& k,
                   uint64_t seed, uint64_t offset, uintptr_t stream, const float* thresholds,
-                  const uint64_t* key) {
+                  const uint64_t* key, void* out_dup) {
   if (dtype < kFloat32 || dtype > kFloat16) {
     throw std::runtime_error("genengine._cuda.sampler_step: unsupported dtype code " +
                              std::to_string(dtype));
@@ -343,6 +357,7 @@ void sampler_step(int dtype, int64_t n, int64_t inner, void* out, void* x0_out, 
   p.inner = inner > 0 ? inner : 1;
   p.out = out;
   p.x0_out = x0_out;
+  p.out_dup = out_dup;
   p.x = x;
   p.cond = cond;
   p.uncond = uncond;

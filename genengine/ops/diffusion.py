@@ -230,6 +230,35 @@ def _check_out(name, out, x, model_out, uncond, prev):
         raise ValueError(f"{name}: overlaps x without being x itself; pass x itself (contiguous) or separate memory")
 
 
+def _byte_span(t):
+    """[first, last) bytes of memory t's elements can touch (strides are never negative in torch)."""
+    if t.numel() == 0:
+        return 0, 0
+    start = t.data_ptr()
+    return start, start + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
+def _check_out_dup(out_dup, x, tensors):
+    """out_dup: a second output with out's values (sampling loops write the halves of [x; x] with it).
+    Unlike out it may share a storage with out (the two halves of one buffer), but no byte with it,
+    x0_out or any input: the kernels read and write element by element."""
+    if not isinstance(out_dup, torch.Tensor):
+        raise TypeError(f"out_dup: expected a torch.Tensor, got {type(out_dup).__name__}")
+    if out_dup.shape != x.shape or out_dup.dtype != x.dtype or out_dup.device != x.device:
+        raise ValueError(f"out_dup: expected x's shape, dtype and device {tuple(x.shape)}/{x.dtype}/{x.device}, "
+                         f"got {tuple(out_dup.shape)}/{out_dup.dtype}/{out_dup.device}")
+    if not out_dup.is_contiguous():
+        raise ValueError("out_dup: expected a contiguous tensor")
+    lo, hi = _byte_span(out_dup)
+    for name, t in tensors:
+        if t is None or t.numel() == 0 or hi == lo:
+            continue
+        if t.untyped_storage().data_ptr() == out_dup.untyped_storage().data_ptr():
+            t_lo, t_hi = _byte_span(t)
+            if t_lo < hi and lo < t_hi:
+                raise ValueError(f"out_dup: overlaps {name}; it must be memory of its own")
+
+
 def _split_model_out(x, model_out, uncond):
     """(cond, uncond) views: model_out may hold [uncond; cond] stacked along the batch."""
     if not isinstance(model_out, torch.Tensor):
@@ -321,7 +350,7 @@ def _thresholds(name, step, x, cond, uncond, w, w_per_sample):
     return s
 
 
-def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0=None, key=None):
+def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0=None, key=None, out_dup=None):
     n = x.numel()
     if out is None:
         out = torch.empty_like(x, memory_format=torch.contiguous_format)
@@ -337,26 +366,29 @@ def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, ou
                 _ptr(uncond), _ptr(prev), _ptr(w_per_sample), w, step.kx, step.kp, step.ax, step.ap, step.a0,
                 step.aprev, step.anoise, step.clip, step.lo, step.hi, seed, offset)
         if name == "cpp":
-            if thr is None and key is None:
+            if thr is None and key is None and out_dup is None:
                 _backends.load_cpp().sampler_step(*args)
             else:
-                _backends.load_cpp().sampler_step(*args, thresholds=_ptr(thr), noise_key=_ptr(key))
+                _backends.load_cpp().sampler_step(*args, thresholds=_ptr(thr), noise_key=_ptr(key), out_dup=_ptr(out_dup))
         else:
             with torch.cuda.device(x.device):
                 stream = torch.cuda.current_stream(x.device).cuda_stream
-                if thr is None and key is None:
+                if thr is None and key is None and out_dup is None:
                     _backends.load_cuda().sampler_step(*args, stream)
                 else:
-                    _backends.load_cuda().sampler_step(*args, stream, thresholds=_ptr(thr), noise_key=_ptr(key))
+                    _backends.load_cuda().sampler_step(*args, stream, thresholds=_ptr(thr), noise_key=_ptr(key),
+                                                       out_dup=_ptr(out_dup))
     elif name == "triton":
         _backends.load_kernels("diffusion").sampler_step(
             out, x0, x, cond, uncond, prev, w_per_sample, w, *step.coefs(), step.clip, step.lo, step.hi,
-            seed, offset, n // x.shape[0], thresholds=thr, noise_key=key,
+            seed, offset, n // x.shape[0], thresholds=thr, noise_key=key, out_dup=out_dup,
         )
     else:
         if key is not None:
             seed, offset = (_unsigned64(v) for v in key.tolist())
         _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0, thr)
+        if out_dup is not None:
+            out_dup.copy_(out)
     return out, x0
 
 
@@ -503,12 +535,17 @@ def _needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _run(x, model_out, uncond, prev, guidance_scale, step, generator, out, backend, x0_out=None, noise_key=None):
+def _run(x, model_out, uncond, prev, guidance_scale, step, generator, out, backend, x0_out=None, noise_key=None,
+         out_dup=None):
     """Checks, backend choice, noise key, launch of one step with coefficients `step` (a _Step).
 
     The eager path calls the kernel directly; tracing (torch.compile) and autograd go through the
     registered op, which carries the fake implementation and the backward formula.
+    out_dup (sampling loops): a second output that receives out's values (see _check_out_dup).
     """
+    if out_dup is not None and isinstance(x, torch.Tensor):
+        _check_out_dup(out_dup, x, (("x", x), ("model_out", model_out), ("uncond", uncond), ("prev_x0", prev),
+                                    ("out", out), ("x0_out", x0_out)))
     name, x, cond, uncond, prev, w, w_per_sample = _prepare(x, model_out, uncond, prev, guidance_scale, out, backend)
     if x0_out is not None:
         _check_out("x0_out", x0_out, x, model_out, uncond, prev)
@@ -526,12 +563,18 @@ def _run(x, model_out, uncond, prev, guidance_scale, step, generator, out, backe
         if out is not None:
             out.copy_(res)
             res = out
+        if out_dup is not None:
+            # out_dup may be a view of the buffer out just made require grad; reading grad_fn
+            # refreshes the view's autograd metadata, without which torch takes it for a leaf
+            # and refuses the in-place copy
+            _ = out_dup.grad_fn
+            out_dup.copy_(res)
         if x0_out is not None and step.want_x0:
             x0_out.copy_(x0)
             x0 = x0_out
         return res, (x0 if step.want_x0 else None)
     return _launch(name, step, x, cond, uncond, prev if step.uses_prev else None, w, w_per_sample, seed, offset, out,
-                   x0_out, key)
+                   x0_out, key, out_dup)
 
 
 class LoopStepper:
@@ -542,6 +585,11 @@ class LoopStepper:
     about 5 us less per step, the difference between a loop that costs a few diffusers ops and one
     that costs a single pass. Calls that need autograd or run under torch.compile take the
     registered-op path every time.
+
+    out_dup: a second output, written with out's values in the same pass; a guided loop passes the
+    two halves of a fresh (2B, ...) buffer as out and out_dup and feeds that buffer to the model
+    next, instead of torch.cat([x, x]). Checked on the first call only (like out): later calls must
+    keep it apart from every input and from out.
     """
 
     __slots__ = ("backend", "guidance_scale", "name", "w", "w_per_sample")
@@ -549,13 +597,13 @@ class LoopStepper:
     def __init__(self, backend, guidance_scale):
         self.backend, self.guidance_scale, self.name = backend, guidance_scale, None
 
-    def __call__(self, step, x, model_out, *, prev=None, generator=None, key=None, out=None, x0_out=None):
+    def __call__(self, step, x, model_out, *, prev=None, generator=None, key=None, out=None, x0_out=None, out_dup=None):
         guidance = 1.0 if self.guidance_scale is None else self.guidance_scale
         if self.name is None or torch.compiler.is_compiling() or _needs_grad(x, model_out, prev):
             if self.name is None:
                 name, _, _, _, _, self.w, self.w_per_sample = _prepare(x, model_out, None, prev, guidance, out, self.backend)
                 self.name = name
-            return _run(x, model_out, None, prev, guidance, step, generator, out, self.name, x0_out, key)
+            return _run(x, model_out, None, prev, guidance, step, generator, out, self.name, x0_out, key, out_dup)
         if model_out.dtype != x.dtype or model_out.device != x.device:
             _check_tensor("model_out", model_out, x)
         b = x.shape[0]
@@ -567,7 +615,7 @@ class LoopStepper:
         if step.anoise != 0.0 and key is None:
             seed, offset = rng.draw_key(generator, x.device)
         return _launch(self.name, step, _contig(x), cond, uncond, prev if step.uses_prev else None, self.w,
-                       self.w_per_sample, seed, offset, out, x0_out, key)
+                       self.w_per_sample, seed, offset, out, x0_out, key, out_dup)
 
 
 # ----------------------------------------------------------------------------------------------
