@@ -280,11 +280,14 @@ class Sampler:
     def _loop(self, model, x, w, model_cond, generator, noise_keys, progress):
         ts = self._timesteps_on(x.device)
         guided = w is not None
-        n_model = 2 * x.shape[0] if guided else x.shape[0]
+        batch = x.shape[0]
+        n_model = 2 * batch if guided else batch
         stepper = steps_ops.LoopStepper(self.backend, w)
         prev_x0 = None
+        # with guidance the model sees [x; x]: each step writes its result into both halves of a
+        # fresh buffer (the kernel's second store), so no step pays for a torch.cat
+        x_in = torch.cat([x, x]) if guided else x
         for i in progress_bar(range(self.steps), total=self.steps, desc=self.name, enabled=progress):
-            x_in = torch.cat([x, x]) if guided else x
             out = model(x_in, ts[i].expand(n_model), model_cond)
             if not isinstance(out, torch.Tensor) or out.shape != x_in.shape:
                 got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -293,10 +296,15 @@ class Sampler:
                 out = out.to(x.dtype)
             step = self._steps[i]
             key = noise_keys[i] if noise_keys is not None and step.anoise != 0.0 else None
+            kw = {}
+            if guided and i + 1 < self.steps:
+                nxt = torch.empty_like(x_in)
+                kw = {"out": nxt[:batch], "out_dup": nxt[batch:]}
+            prev = prev_x0 if step.uses_prev else None
+            x, x0 = stepper(step, x, out, prev=prev, generator=generator, key=key, **kw)
             if step.want_x0:  # DPM-Solver++ keeps the previous x0
-                x, prev_x0 = stepper(step, x, out, prev=prev_x0 if step.uses_prev else None, generator=generator, key=key)
-            else:
-                x = stepper(step, x, out, generator=generator, key=key)[0]
+                prev_x0 = x0
+            x_in = nxt if kw else x
         return x * self._final_scale if self._final_scale != 1.0 else x
 
     # -- CUDA graphs ---------------------------------------------------------------------------
