@@ -310,16 +310,18 @@ class Sampler:
     # -- CUDA graphs ---------------------------------------------------------------------------
 
     def _sample_graphed(self, model, x_T, w, model_cond, generator):
+        if isinstance(model_cond, torch.Tensor):
+            cond_sig = (tuple(model_cond.shape), model_cond.dtype)
+        else:  # any other conditioning object is captured as it is, by identity
+            cond_sig = ("object", id(model_cond))
         signature = (id(model), tuple(x_T.shape), x_T.dtype, x_T.device,
-                     None if w is None else (w if isinstance(w, float) else (tuple(w.shape), w.dtype)),
-                     None if model_cond is None else (tuple(model_cond.shape), model_cond.dtype))
-        entry = self._graphs.get(signature)
-        if entry is None:
-            entry = self._capture(model, x_T, w, model_cond, generator)
-            if entry is None:  # the model cannot be captured: run eagerly
-                return self._loop(model, x_T * self._init_scale, w, model_cond, generator, None, False)
-            self._graphs[signature] = entry
-        graph, static, out = entry
+                     None if w is None else (w if isinstance(w, float) else (tuple(w.shape), w.dtype)), cond_sig)
+        if signature not in self._graphs:
+            self._graphs[signature] = self._capture(model, x_T, w, model_cond, generator)
+        entry = self._graphs[signature]
+        if entry is None:  # this model could not be captured (a warning said why): run eagerly
+            return self._loop(model, x_T * self._init_scale, w, model_cond, generator, None, False)
+        graph, static, out, _ = entry
         static["x"].copy_(x_T)
         if "cond" in static:
             static["cond"].copy_(model_cond)
@@ -330,27 +332,34 @@ class Sampler:
         return out.clone()
 
     def _write_keys(self, keys, generator, device):
-        """Draws this run's per-step noise keys on the host, as the eager loop would, and copies
-        them to the device table the captured kernels read (an asynchronous pinned copy)."""
+        """Draws this run's per-step noise keys on the host, exactly as the eager loop would (one per
+        noisy step, in order), and copies them to the device table the captured kernels read."""
         table = torch.zeros(self.steps, 2, dtype=torch.int64)
-        if self._noisy:
-            for i in range(self.steps):
+        for i, step in enumerate(self._steps):
+            if step.anoise != 0.0:
                 seed, offset = rng.draw_key(generator, device)
                 table[i, 0] = seed - (1 << 64) if seed >= 1 << 63 else seed
                 table[i, 1] = offset - (1 << 64) if offset >= 1 << 63 else offset
         keys.copy_(table.pin_memory(), non_blocking=True)
 
+    def release_graphs(self):
+        """Drops the captured CUDA graphs (and the models and buffers they keep alive)."""
+        self._graphs.clear()
+
     def _capture(self, model, x_T, w, model_cond, generator):
         device = x_T.device
         static = {"x": x_T.clone(), "keys": torch.zeros(self.steps, 2, dtype=torch.int64, device=device)}
-        if model_cond is not None:
+        if isinstance(model_cond, torch.Tensor):
             static["cond"] = model_cond.clone()
+        else:
+            static["cond_object"] = model_cond  # kept alive with the graph: its id() is in the signature
         if isinstance(w, torch.Tensor):
             static["w"] = w.clone()
 
         def run():
             x = static["x"] * self._init_scale
-            return self._loop(model, x, static.get("w", w), static.get("cond"), None, static["keys"], False)
+            cond = static["cond"] if "cond" in static else static["cond_object"]
+            return self._loop(model, x, static.get("w", w), cond, None, static["keys"], False)
 
         # warm up on a side stream first (lazy initialisation, autotuning) as graph capture requires
         side = torch.cuda.Stream(device)
@@ -366,11 +375,7 @@ class Sampler:
             warnings.warn(f"cuda_graph: the loop could not be captured ({type(e).__name__}: {e}); "
                           "running it without a graph", RuntimeWarning, stacklevel=3)
             return None
-        return graph, static, out
-
-    @property
-    def _noisy(self):
-        return any(step.anoise != 0.0 for step in self._steps)
+        return graph, static, out, model  # the model stays referenced, so its id() is not reused
 
 
 # per-sampler configuration keys that only shape the schedule (read by NoiseSchedule.from_diffusers_config)
