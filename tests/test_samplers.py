@@ -328,6 +328,23 @@ def test_loop_never_reads_tensors_back(name, gen, monkeypatch):
     assert out.shape == x_T.shape and bool(torch.isfinite(out).all())
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("name", ["ddpm", "euler_ancestral", "ddim"])
+def test_key_table_loop_equals_the_generator_loop(name, backend, gen):
+    """What a CUDA graph replays: the noise keys read from a device table, written before the
+    replay from the generator, give the eager loop's result and leave the generator in its state."""
+    kw = {"eta": 0.8} if name == "ddim" else {}
+    smp = ge.diffusion.SAMPLERS[name](SCHEDULES["linear"], 5 if backend == "triton" else 9, backend=backend, **kw)
+    x_T = torch.randn(SHAPE, generator=gen)
+    cond, uncond = torch.randn(3, generator=gen), torch.zeros(3)
+    eager_gen, table_gen = torch.Generator().manual_seed(21), torch.Generator().manual_seed(21)
+    eager = smp.sample(dummy_model, x_T, guidance_scale=2.5, cond=cond, uncond=uncond, generator=eager_gen)
+    keys = smp._key_table(table_gen, x_T.device)
+    replayed = smp._loop(dummy_model, x_T * smp._init_scale, 2.5, torch.cat([uncond, cond]), None, keys, False)
+    assert torch.equal(replayed, eager)
+    assert torch.equal(eager_gen.get_state(), table_gen.get_state())
+
+
 def test_progress_bar_goes_to_stderr(capsys):
     DDIM(SCHEDULES["linear"], 4).sample(dummy_model, torch.zeros(1, 3), progress=True)
     assert "4" in capsys.readouterr().err

@@ -331,16 +331,20 @@ class Sampler:
         graph.replay()
         return out.clone()
 
-    def _write_keys(self, keys, generator, device):
-        """Draws this run's per-step noise keys on the host, exactly as the eager loop would (one per
-        noisy step, in order), and copies them to the device table the captured kernels read."""
+    def _key_table(self, generator, device):
+        """This run's per-step noise keys (steps, 2) int64 on the host, drawn exactly as the eager
+        loop draws them (one per noisy step, in order)."""
         table = torch.zeros(self.steps, 2, dtype=torch.int64)
         for i, step in enumerate(self._steps):
             if step.anoise != 0.0:
                 seed, offset = rng.draw_key(generator, device)
                 table[i, 0] = seed - (1 << 64) if seed >= 1 << 63 else seed
                 table[i, 1] = offset - (1 << 64) if offset >= 1 << 63 else offset
-        keys.copy_(table.pin_memory(), non_blocking=True)
+        return table
+
+    def _write_keys(self, keys, generator, device):
+        """Copies the keys into the device table the captured kernels read (asynchronously)."""
+        keys.copy_(self._key_table(generator, device).pin_memory(), non_blocking=True)
 
     def release_graphs(self):
         """Drops the captured CUDA graphs (and the models and buffers they keep alive)."""
