@@ -149,10 +149,11 @@ def sincos_two_pi_uniform(w):
     # q odd swaps sin and cos; sin is negated for q = 2, 3 and cos for q = 1, 2 (sign-bit flips,
     # so that signed zeros come out exactly as in C++)
     swap = (0 - (q & 1)).to(tl.uint32, bitcast=True)
+    keep = ((q & 1) - 1).to(tl.uint32, bitcast=True)  # ~swap, spelled so Triton 3.6's interpreter takes it
     sb = sin_a.to(tl.uint32, bitcast=True)
     cb = cos_a.to(tl.uint32, bitcast=True)
-    s0 = (sb & ~swap) | (cb & swap)
-    c0 = (cb & ~swap) | (sb & swap)
+    s0 = (sb & keep) | (cb & swap)
+    c0 = (cb & keep) | (sb & swap)
     s = (s0 ^ ((q & 2).to(tl.uint32, bitcast=True) << 30)).to(tl.float32, bitcast=True)
     c = (c0 ^ (((q + 1) & 2).to(tl.uint32, bitcast=True) << 30)).to(tl.float32, bitcast=True)
     return s, c
