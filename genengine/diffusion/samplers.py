@@ -637,8 +637,11 @@ class DPMSolverPP2M(_SigmaSampler):
 
     @property
     def init_noise_sigma(self):
-        s = self._sig[0]  # the diffusers scheduler starts from VP noise: x_sigma = x_vp * sqrt(sigma^2 + 1)
-        return math.sqrt(s * s + 1.0)
+        return 1.0  # diffusers' DPM-Solver works on the VP sample: x_T is the unit-variance noise itself
+
+    @property
+    def _init_scale(self):
+        return 1.0  # the loop's variable y is the VP sample
 
     @property
     def _final_scale(self):
