@@ -5,8 +5,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
+#include "cpu/cpu_common.h"
 #include "cpu/diffusion.h"
 #include "cpu/group_norm.h"
 #include "cpu/parallel.h"
@@ -110,14 +112,17 @@ std::string build_flags() {
 #endif
 }
 
+// The multiversioned loops' clone, then the Philox generator's path ("; philox: avx512 (auto)"),
+// which GENENGINE_CPU_ISA=baseline|avx2|avx512 can force (csrc/cpu/cpu_common.h).
 std::string isa() {
 #if defined(GE_NATIVE)
-  return "native";
+  std::string loops = "native";
 #elif defined(__x86_64__)
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "x86-64 + haswell clone (avx2)" : "x86-64 baseline";
+  std::string loops = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? "x86-64 + haswell clone (avx2)" : "x86-64 baseline";
 #else
-  return "generic";
+  std::string loops = "generic";
 #endif
+  return loops + "; philox: " + ge::philox_isa_report();
 }
 
 }  // namespace
@@ -140,10 +145,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("dynamic_thresholds", &dynamic_thresholds, nogil,
         "Per-sample dynamic thresholds of x0 = kx x + kp p into float32 [batch] (cpu/diffusion.h).");
   m.def("philox_fill",
-        [](int kind, uintptr_t out, int64_t n, uint64_t seed, uint64_t offset) {
-          ge::philox_fill(kind, ptr(out), n, seed, offset);
+        [](int kind, uintptr_t out, int64_t n, uint64_t seed, uint64_t offset, uint64_t start) {
+          if (kind < 0 || kind > 2) throw std::invalid_argument("kind: expected 0 (words), 1 (uniform) or 2 (normal)");
+          ge::philox_fill_at(kind, ptr(out), n, seed, offset, start);
         },
-        nogil);
+        nogil, py::arg("kind"), py::arg("out"), py::arg("n"), py::arg("seed"), py::arg("offset"),
+        py::arg("start") = 0,
+        "Values [start, start + n) of the Philox stream (seed, offset) into out: kind 0 = uint32 words, "
+        "1 = float32 uniforms, 2 = float32 normals.");
   m.def("set_num_threads", &ge::set_num_threads, nogil);
   m.def("get_num_threads", &ge::get_num_threads);
   m.def("threading", &ge::threading_backend);

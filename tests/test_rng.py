@@ -132,3 +132,153 @@ def test_gpu_streams_match_cpu(backend):
 
 def test_cpu_backends_listed():
     assert set(CPU_BACKENDS) <= set(ge.BACKENDS)
+
+
+# ---- the CPU generator's instruction-set paths (GENENGINE_CPU_ISA) ---------------------------------
+# The path is chosen once when genengine._C loads, so each one runs in its own interpreter. Words and
+# uniforms must match the reference bit for bit on every path, normals must match across paths bit
+# for bit (the same float32 operations in the same order), and so must a stochastic step.
+
+CPU_ISAS = ("baseline", "avx2", "avx512")
+
+# (kind, n, seed, offset, start): counts around the 16-block (64-value) group of the AVX-512 path and
+# the 8-block group of the AVX2 one, starts inside a block, a fill across parallel chunks, and a range
+# across the 2^32 wrap of the block counter's low word (value 2^34).
+ISA_CASES = [
+    (kind, n, seed, offset, start)
+    for kind in (0, 1, 2)
+    for (n, start) in [(1, 0), (3, 1), (15, 2), (16, 0), (17, 3), (31, 33), (63, 1), (64, 0), (65, 62),
+                       (250, 7), (257, 64), (1001, 0), (1001, 5), (70_001, 13), (300, 2**34 - 150),
+                       (129, 2**64 - 129)]
+    for (seed, offset) in [(0, 0), (2**64 - 1, 2**40 + 3)]
+]
+
+_ISA_PROBE = r"""
+import json, sys
+import torch
+import genengine as ge
+from genengine import _backends
+
+cpp = _backends.load_cpp()
+out = {"isa": cpp.isa()}
+for i, (kind, n, seed, offset, start) in enumerate(json.loads(sys.argv[2])):
+    t = torch.empty(n, dtype=torch.int32)
+    cpp.philox_fill(kind, t.data_ptr(), n, seed, offset, start)
+    out[i] = t
+g = torch.Generator().manual_seed(1234)
+for dtype in (torch.float32, torch.bfloat16):
+    # an odd sample size, so the per-sample segments of dynamic thresholding start inside blocks
+    x = torch.randn(3, 3, 17, 19, generator=g).to(dtype)
+    e = torch.randn(3, 3, 17, 19, generator=g).to(dtype)
+    for thresh in (None, (0.9, 1.5)):
+        gen = torch.Generator().manual_seed(99)
+        y = ge.ops.ddpm_step(x, e, 0.3, 0.5, generator=gen, backend="cpp", dynamic_threshold=thresh)
+        out[f"ddpm {dtype} {thresh}"] = y
+    big = torch.randn(2, 4, 64, 64, generator=g)  # several parallel chunks of the step
+    out["ddpm big"] = ge.ops.ddpm_step(big, big, 0.3, 0.5, generator=torch.Generator().manual_seed(5), backend="cpp")
+torch.save(out, sys.argv[1])
+"""
+
+
+@pytest.fixture(scope="module")
+def isa_results(tmp_path_factory):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for isa in CPU_ISAS:
+        path = tmp_path_factory.mktemp("isa") / f"{isa}.pt"
+        env = dict(os.environ, GENENGINE_CPU_ISA=isa)
+        subprocess.run([sys.executable, "-c", _ISA_PROBE, str(path), json.dumps(ISA_CASES)], env=env, check=True)
+        res = torch.load(path)
+        if res["isa"].split("philox: ", 1)[1].startswith(isa):
+            results[isa] = res
+        else:
+            assert "not supported by this CPU" in res["isa"], res["isa"]  # skipped, not silently run
+    assert "baseline" in results
+    return results
+
+
+def _reference_words(n, seed, offset, start):
+    """int64 words [start, start + n) of stream (seed, offset) from the pure-torch reference."""
+    b0 = start // 4
+    block = torch.arange((start + n + 3) // 4 - b0, dtype=torch.int64) + b0 if b0 < 2**62 else None
+    if block is None:  # past int64: the counter's words directly
+        blocks = [b0 + j for j in range((start + n + 3) // 4 - b0)]
+        c0 = torch.tensor([b & 0xFFFFFFFF for b in blocks], dtype=torch.int64)
+        c1 = torch.tensor([b >> 32 for b in blocks], dtype=torch.int64)
+    else:
+        c0, c1 = block & 0xFFFFFFFF, block >> 32
+    c2 = torch.full_like(c0, offset & 0xFFFFFFFF)
+    c3 = torch.full_like(c0, offset >> 32)
+    w = torch.stack(ref.philox4x32_10(c0, c1, c2, c3, seed & 0xFFFFFFFF, seed >> 32), dim=1).reshape(-1)
+    return w[start - 4 * b0:start - 4 * b0 + n]
+
+
+def test_forced_isa_is_reported():
+    import os
+    import subprocess
+    import sys
+
+    code = "from genengine import _backends; print(_backends.load_cpp().isa())"
+    for value, expect in [("baseline", "philox: baseline (GENENGINE_CPU_ISA=baseline)"),
+                          ("nonsense", "not understood")]:
+        env = dict(os.environ, GENENGINE_CPU_ISA=value)
+        got = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
+        assert expect in got, got
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS)
+def test_isa_words_and_uniforms_match_reference(isa_results, isa):
+    if isa not in isa_results:
+        pytest.skip(f"this CPU lacks {isa}")
+    res = isa_results[isa]
+    for i, (kind, n, seed, offset, start) in enumerate(ISA_CASES):
+        if kind == 2:
+            continue
+        w = _reference_words(n, seed, offset, start)
+        if kind == 0:
+            want = torch.where(w >= 2**31, w - 2**32, w).to(torch.int32)
+        else:
+            want = ref.uniform_from_words(w).to(torch.float32).view(torch.int32)
+        assert torch.equal(res[i], want), (isa, kind, n, seed, offset, start)
+
+
+@pytest.mark.parametrize("isa", [i for i in CPU_ISAS if i != "baseline"])
+def test_isa_paths_bit_identical(isa_results, isa):
+    if isa not in isa_results:
+        pytest.skip(f"this CPU lacks {isa}")
+    base, res = isa_results["baseline"], isa_results[isa]
+    assert base.keys() == res.keys()
+    for key in base:
+        if key != "isa":
+            assert torch.equal(base[key].view(-1).view(torch.int16 if base[key].element_size() == 2 else torch.int32),
+                               res[key].view(-1).view(torch.int16 if res[key].element_size() == 2 else torch.int32)), (isa, key)
+
+
+def test_isa_normals_are_the_stream(isa_results):
+    # normals filled from a start inside a block are that slice of the stream, and close to exact
+    res = isa_results["baseline"]
+    for i, (kind, n, seed, offset, start) in enumerate(ISA_CASES):
+        if kind != 2:
+            continue
+        got = res[i].view(torch.float32)
+        lead = start % 4
+        w = _reference_words((lead + n + 3) // 4 * 4, seed, offset, start - lead)  # whole blocks
+        exact = ref.normals_from_words(w).to(torch.float32)[lead:lead + n]
+        assert (got - exact).abs().max().item() <= 1e-6, (n, seed, offset, start)
+
+
+def test_fill_start_is_a_slice():
+    from genengine import _backends
+
+    cpp = _backends.load_cpp()
+    for kind in (0, 1, 2):
+        full = torch.empty(5000, dtype=torch.int32)
+        cpp.philox_fill(kind, full.data_ptr(), full.numel(), 11, 22)
+        for start, n in [(0, 5000), (1, 77), (3, 1000), (62, 3), (65, 4935)]:
+            part = torch.empty(n, dtype=torch.int32)
+            cpp.philox_fill(kind, part.data_ptr(), n, 11, 22, start)
+            assert torch.equal(part, full[start:start + n]), (kind, start, n)

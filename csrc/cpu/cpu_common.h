@@ -1,5 +1,5 @@
-// Helpers shared by the CPU kernels: dtype codes and conversions, runtime ISA dispatch, and a
-// batched (vectorisable) Philox normal generator.
+// Helpers shared by the CPU kernels: dtype codes and conversions, runtime ISA dispatch, and the
+// entry points of the Philox generator (rng.cpp).
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -66,41 +66,32 @@ template <> inline F16 from_float<F16>(float v) {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define GE_HAVE_PHILOX_AVX2 1
+#define GE_HAVE_PHILOX_AVX512 1
 // Philox words of blocks [block0, block0 + n_blocks), n_blocks a multiple of 8, with AVX2 (the
 // compiler's own vectorisation of philox4x32_10 runs at half this speed): rng.cpp.
 void philox_words_avx2(const PhiloxKey& key, uint64_t block0, int n_blocks, uint32_t* w0, uint32_t* w1,
                        uint32_t* w2, uint32_t* w3);
-extern const bool g_cpu_has_avx2;
+extern const bool g_cpu_has_avx2;  // the AVX2 Philox is in use (g_cpu_isa >= kIsaAvx2)
 #endif
 
+// The instruction set of the Philox generator (words, uniforms, normals), chosen once at load time:
+// the best the CPU supports, or the one named by GENENGINE_CPU_ISA=baseline|avx2|avx512 (capped at
+// what the CPU supports). Every path gives bit-identical words, uniforms and normals, so the variable
+// only exists to test and time them. It does not steer the multiversioned loops (GE_MULTIVERSIONED),
+// which GCC's loader picks from the CPU alone; their arithmetic does not depend on the clone either.
+enum CpuIsa : int { kIsaBaseline = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
+extern const int g_cpu_isa;
+const char* philox_isa_report();  // e.g. "avx512 (auto)", "avx2 (GENENGINE_CPU_ISA=avx2)"
+
+// Values [first, first + n) of the Philox stream `key` into out: kind 0 = uint32 words, 1 = float
+// uniforms, 2 = float normals. `first` need not be a multiple of 4 (a block): rng.cpp.
+void philox_values(int kind, const PhiloxKey& key, uint64_t first, int64_t n, void* out);
+// philox_fill from stream position `start` (philox_fill is start = 0): rng.cpp.
+void philox_fill_at(int kind, void* out, int64_t n, uint64_t seed, uint64_t offset, uint64_t start);
+
 // Normals number [4 * block0, 4 * (block0 + n_blocks)) of the stream `key`, written to z.
-inline __attribute__((always_inline)) void philox_normals(const PhiloxKey& key, uint64_t block0,
-                                                          int n_blocks, float* __restrict z) {
-  constexpr int kMax = 64;
-  alignas(32) uint32_t w0[kMax], w1[kMax], w2[kMax], w3[kMax];
-  float z0[kMax], z1[kMax], z2[kMax], z3[kMax];
-  const uint32_t lo0 = uint32_t(block0), hi0 = uint32_t(block0 >> 32);
-  int first = 0;
-#ifdef GE_HAVE_PHILOX_AVX2
-  if (g_cpu_has_avx2 && n_blocks >= 8) {
-    first = n_blocks & ~7;
-    philox_words_avx2(key, block0, first, w0, w1, w2, w3);
-  }
-#endif
-  for (int j = first; j < n_blocks; ++j) {
-    const uint32_t lo = lo0 + uint32_t(j);
-    const uint32_t hi = hi0 + (lo < lo0 ? 1u : 0u);
-    uint32_t w[4];
-    philox4x32_10(lo, hi, key.o0, key.o1, key.k0, key.k1, w);
-    w0[j] = w[0]; w1[j] = w[1]; w2[j] = w[2]; w3[j] = w[3];
-  }
-  for (int j = 0; j < n_blocks; ++j) {
-    box_muller(w0[j], w1[j], &z0[j], &z1[j]);
-    box_muller(w2[j], w3[j], &z2[j], &z3[j]);
-  }
-  for (int j = 0; j < n_blocks; ++j) {
-    z[4 * j] = z0[j]; z[4 * j + 1] = z1[j]; z[4 * j + 2] = z2[j]; z[4 * j + 3] = z3[j];
-  }
+inline void philox_normals(const PhiloxKey& key, uint64_t block0, int n_blocks, float* __restrict z) {
+  philox_values(2, key, 4 * block0, 4 * int64_t(n_blocks), z);
 }
 
 constexpr int kNormalBatch = 256;  // elements per batch of philox_normals (64 blocks)

@@ -71,14 +71,10 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
 #pragma GCC ivdep
     for (int64_t i = i0; i < i1; ++i) element(i, 0.0f);
   } else {
-    alignas(64) float zs[kNormalBatch];
-    int64_t i = i0;
-    while (i < i1) {
-      const int64_t base = i & ~int64_t(3);  // normals come four per Philox block
-      const int lead = int(i - base);
-      const int len = int(std::min<int64_t>(kNormalBatch - lead, i1 - i));
-      philox_normals(a.key, uint64_t(base / 4), (lead + len + 3) / 4, zs);
-      const float* z = zs + lead;
+    alignas(64) float z[kNormalBatch];
+    for (int64_t i = i0; i < i1;) {
+      const int len = int(std::min<int64_t>(kNormalBatch, i1 - i));
+      philox_values(2, a.key, uint64_t(i), len, z);  // the CPU's best path, whichever clone this is
 #pragma GCC ivdep
       for (int j = 0; j < len; ++j) element(i + j, z[j]);
       i += len;
