@@ -205,7 +205,9 @@ class Sampler:
         return cls(schedule, steps, **kwargs)
 
     def _plan_steps(self):
-        raise NotImplementedError
+        """Sets self.timesteps and self._steps (one _Step per step); each concrete sampler defines it."""
+        raise NotImplementedError(f"{type(self).__name__}: Sampler is the shared base; use DDPM, DDIM, Euler, "
+                                  "EulerAncestral or DPMSolverPP2M")
 
     def __repr__(self):
         return (f"{type(self).__name__}({self.schedule!r}, steps={self.steps}, prediction={self.prediction!r}, "

@@ -24,10 +24,8 @@ mean, rstd float32 (N, G); dweight, dbias float32 (C,), None exactly when weight
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 import operator
-import os
 
 import torch
 
@@ -37,30 +35,8 @@ from ..reference import group_norm as ref
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
-# ----------------------------------------------------------------------------------------------
-# which backends implement this op in this install
-
-
-def _has_triton_kernels():
-    try:
-        return importlib.util.find_spec("genengine.kernels.group_norm") is not None
-    except Exception:  # genengine.kernels itself failing to import means no triton backend
-        return False
-
-
-def _supported():
-    names = ["torch"]
-    cpp = _backends.load_cpp()
-    if not isinstance(cpp, Exception) and hasattr(cpp, "group_norm_silu_fwd"):
-        names.append("cpp")
-    if _has_triton_kernels():
-        names.append("triton")
-    if os.path.exists(os.path.join(os.path.dirname(__file__), "_group_norm_cuda.py")):
-        names.append("cuda")
-    return tuple(names)
-
-
-_SUPPORTED = _supported()
+# every backend implements this op; whether one runs here is _backends.resolve's to say
+_SUPPORTED = ("torch", "cpp", "triton", "cuda")
 _modules = {}
 
 
