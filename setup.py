@@ -115,7 +115,8 @@ if _nvcc and list(CSRC.glob("cuda/*.cu")):
     lib_dirs = [str(p) for p in (cuda_home / "lib64", cuda_home / "targets/x86_64-linux/lib") if p.exists()]
     cuda_ext = Pybind11Extension(
         "genengine._cuda",
-        sources=_rel([CSRC / "bindings_cuda.cpp", *CSRC.glob("cuda/*.cu")]),
+        sources=_rel([CSRC / "bindings_cuda.cpp", *CSRC.glob("cuda/*.cu"), *CSRC.glob("cuda/*_bind.cpp")]),
+        depends=_rel([*CSRC.glob("common/*.h"), *CSRC.glob("cuda/*.cuh")]),
         include_dirs=[str(CSRC), str(cuda_home / "include")],
         library_dirs=lib_dirs,
         # static cudart: the module loads without a driver; libcuda is only opened on first use

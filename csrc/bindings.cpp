@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/bind_registry.h"
 #include "cpu/cpu_common.h"
 #include "cpu/diffusion.h"
 #include "cpu/group_norm.h"
@@ -158,4 +159,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("threading", &ge::threading_backend);
   m.def("build_flags", &build_flags);
   m.def("isa", &isa);
+  ge::run_binders(m);  // the ops bound in csrc/cpu/*_bind.cpp (common/bind_registry.h)
 }

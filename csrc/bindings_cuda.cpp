@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/bind_registry.h"
 #include "common/step.h"
 
 namespace py = pybind11;
@@ -148,4 +149,5 @@ PYBIND11_MODULE(_cuda, m) {
     info["archs"] = std::string(ge::cuda::compiled_archs());
     return info;
   }, "CUDA runtime version the module was built against and the compiled architectures.");
+  ge::run_binders(m);  // the ops bound in csrc/cuda/*_bind.cpp (common/bind_registry.h)
 }

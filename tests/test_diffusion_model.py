@@ -266,7 +266,7 @@ def test_fit_options(gen):
     model = DiffusionModel(MLPDenoiser(2, hidden=16, depth=1, num_classes=2))
     seen = []
     model.fit([(x[:32], y[:32]), (x[32:], y[32:])], epochs=5, progress=False, generator=gen,
-              callback=lambda m, epoch, loss: seen.append((epoch, loss)) or epoch == 2)
+              callback=lambda m, info: seen.append((info["epoch"], info["loss"])) or info["epoch"] == 2)
     assert [e for e, _ in seen] == [0, 1, 2] and model.history == [loss for _, loss in seen]
     assert int(model.ema_steps) == 6
     model.fit(x, labels=y, epochs=1, batch_size=64, ema=None, progress=False)

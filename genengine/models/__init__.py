@@ -6,7 +6,8 @@
 Shapes: each family documents its own in its module (diffusion.py, denoisers.py, ...).
 """
 
+from .base import GenerativeModel, ModelFileError, available, load
 from .denoisers import MLPDenoiser, UNet
 from .diffusion import DiffusionModel
 
-__all__ = ["DiffusionModel", "UNet", "MLPDenoiser"]
+__all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionModel", "UNet", "MLPDenoiser"]

@@ -28,6 +28,7 @@ from torch import nn
 
 from .._checks import positive_int as _positive_int
 from .._progress import Progress
+from .base import GenerativeModel
 
 __all__ = ["DiffusionModel"]
 
@@ -51,7 +52,7 @@ def _real(name, v, lo, hi, lo_open=False, hi_open=False):
     return v
 
 
-class DiffusionModel(nn.Module):
+class DiffusionModel(GenerativeModel):
     """A diffusion model around a denoiser (e.g. genengine.models.UNet or MLPDenoiser).
 
     DiffusionModel(denoiser, schedule=None, *, prediction="epsilon", sample_shape=None, num_classes=None,
@@ -251,7 +252,8 @@ class DiffusionModel(nn.Module):
             sampling then uses the raw weights).
         grad_clip: maximum gradient norm (None: no clipping).
         generator: a torch.Generator for the shuffling, timesteps, noise and label dropout.
-        callback: called as callback(model, epoch, loss) after each epoch; returning True stops.
+        callback: called as callback(model, {"epoch": epoch, "loss": mean loss}) after each epoch
+            (the genengine.models.base protocol); returning True stops.
         """
         epochs = _positive_int("epochs", epochs)
         batch_size = _positive_int("batch_size", batch_size)
@@ -309,7 +311,7 @@ class DiffusionModel(nn.Module):
                         "DataLoader, a list or a tensor)"
                     )
                 self.history.append(total_loss / count)
-                if callback is not None and callback(self, epoch, self.history[-1]):
+                if callback is not None and callback(self, {"epoch": epoch, "loss": self.history[-1]}):
                     break
         finally:
             bar.close()
