@@ -179,7 +179,8 @@ def _resize_buffer(module, key, value):
     *path, leaf = key.split(".")
     owner = module.get_submodule(".".join(path)) if path else module
     if leaf in owner._buffers:
-        owner._buffers[leaf] = torch.empty_like(value, device=owner._buffers[leaf].device if owner._buffers[leaf] is not None else "cpu")
+        old = owner._buffers[leaf]
+        owner._buffers[leaf] = torch.empty_like(value, device=old.device if old is not None else "cpu")
     elif leaf in owner._parameters:
         old = owner._parameters[leaf]
         owner._parameters[leaf] = nn.Parameter(torch.empty_like(value, device=old.device), requires_grad=old.requires_grad)
