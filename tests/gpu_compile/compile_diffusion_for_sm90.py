@@ -4,32 +4,9 @@ subprocess, because TRITON_INTERPRET (set for the CPU tests) makes @triton.jit b
 functions that cannot be compiled. Prints one line per kernel variant and exits 1 on a failure."""
 
 import itertools
-import os
-import sys
 
-os.environ.pop("TRITON_INTERPRET", None)
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-
-import triton  # noqa: E402
-from genengine.kernels import diffusion, group_norm, rng, threshold  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
-TARGET = GPUTarget("cuda", 90, 32)
-failures = 0
-
-
-def compile_variant(label, fn, types, constexprs):
-    global failures
-    names = fn.arg_names
-    sig = {n: ("constexpr" if n in constexprs else types(n)) for n in names}
-    const = {(names.index(n),): v for n, v in constexprs.items()}
-    try:
-        triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=TARGET)
-        print("ok  ", label)
-    except Exception as e:  # report every failing variant, not just the first
-        failures += 1
-        print("FAIL", label, type(e).__name__, str(e).splitlines()[0][:200])
+from aot import compile_variant, finish  # noqa: I001  (clears TRITON_INTERPRET before triton loads)
+from genengine.kernels import diffusion, group_norm, rng, threshold
 
 
 def step_types(dt):
@@ -94,4 +71,4 @@ for dt, cl in itertools.product(("fp32", "bf16"), (False, True)):
                       (group_norm._gn_bwd_dx_kernel, {**affine, "WANT_DW": True, "WANT_DB": True, "SB": p2(splits), "BR": br})):
         compile_variant(f"{fn.fn.__name__} {dt} {'channels-last' if cl else 'nchw'}", fn, gn_types, {**geometry, **extra})
 
-sys.exit(1 if failures else 0)
+finish()
