@@ -17,6 +17,9 @@ OPS = {
     "dynamic thresholding (the steps' dynamic_threshold=)": ("torch", "cpp", "triton", "cuda"),
     "group_norm_silu": ("torch", "cpp", "triton", "cuda"),
     "philox_words / philox_uniform / philox_normal": ("torch", "cpp", "triton", "cuda"),
+    "decode_attention": ("torch", "cpp"),
+    "prefill_attention": ("torch", "cpp"),
+    "rope_append_kv": ("torch", "cpp"),
 }
 
 

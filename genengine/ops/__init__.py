@@ -19,3 +19,6 @@ __all__ = [
     "philox_uniform",
     "philox_normal",
 ]
+from .attention import decode_attention, prefill_attention, rope_append_kv, rope_tables  # noqa: E402
+
+__all__ += ["decode_attention", "prefill_attention", "rope_append_kv", "rope_tables"]

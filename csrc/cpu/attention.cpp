@@ -1,0 +1,613 @@
+// Attention for autoregressive sampling on the CPU: decode attention over a contiguous or paged KV
+// cache, packed variable-length prefill attention, and rotary embedding fused with the KV append.
+//
+// Shapes (attention.h): decode q/out [B, Q, Hq, D], caches addressed through KvLayout (contiguous
+// [B, Hkv, S, D] or paged [P, page_size, Hkv, D]); prefill q/out [T, Hq, D], k/v [Tk, Hkv, D];
+// rope q [T, Hq, D], k/v [T, Hkv, D]. D is a multiple of 8 (the Python side allows 16..256).
+//
+// Decode is memory bound: the floor is one read of K and V. A work item is (batch row, kv head, KV
+// split): its whole query group (Q * Hq / Hkv rows) shares every key it reads, so each K/V byte comes
+// from DRAM once and then from L1 for the other rows, where torch's SDPA with enable_gqa reads the KV
+// of a head once per query head. Keys go in blocks of 16: the scores of one row against 8 keys at a
+// time (8 accumulators over D, then one transposing reduction), an online softmax in base 2 (the
+// queries are pre-scaled by scale * log2(e), so exp is exp2 of a polynomial), and the value update
+// with the row's accumulator in registers, 64 floats at a time. Splits of the KV length write a
+// normalised partial output and its log-sum-exp, merged in a second pass.
+//
+// Prefill runs the same core with a block of queries (times the group) as the rows, and a per-row
+// key range (causal, bottom-right aligned; sliding window).
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu_common.h"
+#include "parallel.h"
+
+// Checked against float64 with tolerances (not bit for bit), so fused multiply-adds are welcome.
+#pragma GCC optimize("fp-contract=fast")
+
+#define GE_INLINE inline __attribute__((always_inline))
+
+// As GE_MULTIVERSIONED, plus an AVX-512VL clone: the 8-lane vectors stay 256 bits wide, but the
+// 32 vector registers hold a row's 64-float accumulator and the 8 score accumulators without spills.
+#if defined(__x86_64__) && !defined(GE_NATIVE) && defined(__GNUC__) && !defined(__clang__)
+#define GE_ATTN_MV(decl, ...)                                                                 \
+  __attribute__((target("default"))) GE_STRIP decl __VA_ARGS__                               \
+  __attribute__((target("avx2,fma,f16c"))) GE_STRIP decl __VA_ARGS__                         \
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,f16c"))) GE_STRIP decl __VA_ARGS__
+#else
+#define GE_ATTN_MV(decl, ...) GE_STRIP decl __VA_ARGS__
+#endif
+
+namespace ge {
+namespace {
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // v8f values only cross always-inlined calls
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+typedef uint16_t v8h __attribute__((vector_size(16)));
+
+constexpr int kBK = 16;           // keys per block
+constexpr int64_t kMaxD = 512;    // the zero row that pads a block's last 8-key group
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+alignas(64) const float g_zero_row[kMaxD] = {};
+
+GE_INLINE v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+GE_INLINE v8f load8(const BF16* p) {
+  v8h h;
+  std::memcpy(&h, p, sizeof h);
+  return (v8f)(__builtin_convertvector(h, v8u) << 16);
+}
+GE_INLINE v8f load8(const F16* p) {  // as to_float(F16) in cpu_common.h, 8 lanes at a time
+  v8h h16;
+  std::memcpy(&h16, p, sizeof h16);
+  const v8u h = __builtin_convertvector(h16, v8u), em = h & 0x7FFFu;
+  const v8u scaled = (v8u)((v8f)(em << 13) * 5.192296858534828e+33f);
+  const v8u inf_nan = 0x7F800000u & (v8u)(em >= 0x7C00u);
+  return (v8f)(scaled | inf_nan | ((h & 0x8000u) << 16));
+}
+GE_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+
+GE_INLINE float hsum(v8f v) {
+  float s = 0.0f;
+  for (int j = 0; j < 8; ++j) s += v[j];
+  return s;
+}
+GE_INLINE float hmax(v8f v) {
+  float m = v[0];
+  for (int j = 1; j < 8; ++j) m = v[j] > m ? v[j] : m;
+  return m;
+}
+GE_INLINE v8f vmax(v8f a, v8f b) { return (v8f)(((v8i)a & (a > b)) | ((v8i)b & ~(a > b))); }
+
+// 2^x: x rounded to k + f with |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error
+// ~5e-9 before float rounding), 2^k by integer arithmetic. x < -126 (and -inf) gives exactly 0, so a
+// masked score contributes nothing; x is clamped at 126 (only the softcap's tanh passes positives).
+// NaN stays NaN.
+GE_INLINE v8f exp2v(v8f x) {
+  const v8i tiny = x < -126.0f;
+  const v8i big = x > 126.0f;
+  x = (v8f)(((v8i)x & ~big) | ((v8i)(v8f{} + 126.0f) & big));
+  x = (v8f)(((v8i)x & ~tiny) | ((v8i)(v8f{} - 126.0f) & tiny));
+  const v8f kf = x + 12582912.0f;  // + 1.5 * 2^23 rounds to an integer in the low mantissa bits
+  const v8f k = kf - 12582912.0f;
+  const v8f f = x - k;
+  v8f p = v8f{} + 1.5252733804059840e-05f;
+  p = p * f + 1.5403530393381609e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.6181291076284772e-03f;
+  p = p * f + 5.5504108664821580e-02f;
+  p = p * f + 2.4022650695910071e-01f;
+  p = p * f + 6.9314718055994531e-01f;
+  p = p * f + 1.0f;
+  const v8u scale = ((v8u)kf - 0x4B400000u + 127u) << 23;
+  return (v8f)((v8i)(p * (v8f)scale) & ~tiny);
+}
+
+// softcap * tanh(s / softcap) * log2(e), with tanh(t) = 1 - 2 / (exp(2t) + 1)
+GE_INLINE v8f softcap2(v8f s, float softcap) {
+  const v8f e = exp2v(s * (2.0f * kLog2e / softcap));
+  return (1.0f - 2.0f / (e + 1.0f)) * (softcap * kLog2e);
+}
+
+GE_INLINE v8f hadd(v8f a, v8f b) {
+  return __builtin_shuffle(a, b, v8i{0, 2, 8, 10, 4, 6, 12, 14}) + __builtin_shuffle(a, b, v8i{1, 3, 9, 11, 5, 7, 13, 15});
+}
+
+// lane j = the sum of a[j]'s 8 lanes
+GE_INLINE v8f reduce8(const v8f* a) {
+  const v8f h0 = hadd(hadd(a[0], a[1]), hadd(a[2], a[3]));
+  const v8f h1 = hadd(hadd(a[4], a[5]), hadd(a[6], a[7]));
+  return __builtin_shuffle(h0, h1, v8i{0, 1, 2, 3, 8, 9, 10, 11}) + __builtin_shuffle(h0, h1, v8i{4, 5, 6, 7, 12, 13, 14, 15});
+}
+
+// the dot products of q (nc * 8 floats) with 8 key rows
+GE_INLINE v8f dot8(const float* __restrict q, const float* const* kp, int64_t nc) {
+  v8f a[8] = {};
+  for (int64_t c = 0; c < nc; ++c) {
+    const v8f qv = load8(q + 8 * c);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) a[j] += qv * load8(kp[j] + 8 * c);
+  }
+  return reduce8(a);
+}
+
+// acc[off, off + 8 * CNT) = acc * corr + sum_{j in [jb, je)} p[j] v[j][off...]
+template <int CNT>
+GE_INLINE void av_group(float* __restrict acc, const float* p, const float* const* vp, int jb, int je, int64_t off,
+                        float corr) {
+  v8f a[CNT];
+#pragma GCC unroll 8
+  for (int c = 0; c < CNT; ++c) a[c] = load8(acc + off + 8 * c) * corr;
+  for (int j = jb; j < je; ++j) {
+    const float pj = p[j];
+    const float* v = vp[j] + off;
+#pragma GCC unroll 8
+    for (int c = 0; c < CNT; ++c) a[c] += pj * load8(v + 8 * c);
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < CNT; ++c) store8(acc + off + 8 * c, a[c]);
+}
+
+GE_INLINE void av_row(float* acc, const float* p, const float* const* vp, int jb, int je, int64_t D, float corr) {
+  int64_t off = 0;
+  for (; off + 64 <= D; off += 64) av_group<8>(acc, p, vp, jb, je, off, corr);
+  switch ((D - off) / 8) {
+    case 1: av_group<1>(acc, p, vp, jb, je, off, corr); break;
+    case 2: av_group<2>(acc, p, vp, jb, je, off, corr); break;
+    case 3: av_group<3>(acc, p, vp, jb, je, off, corr); break;
+    case 4: av_group<4>(acc, p, vp, jb, je, off, corr); break;
+    case 5: av_group<5>(acc, p, vp, jb, je, off, corr); break;
+    case 6: av_group<6>(acc, p, vp, jb, je, off, corr); break;
+    case 7: av_group<7>(acc, p, vp, jb, je, off, corr); break;
+    default: break;
+  }
+}
+
+template <typename T>
+GE_INLINE void to_float_row(const T* __restrict src, float* __restrict dst, int64_t D) {
+  for (int64_t i = 0; i < D; i += 8) store8(dst + i, load8(src + i));
+}
+
+// Per-thread scratch, grown on demand (a call's items reuse it).
+struct Scratch {
+  std::vector<float> f;
+  std::vector<int64_t> i;
+};
+thread_local Scratch t_scratch;
+
+// The rows of one work item and their softmax state.
+struct RowSet {
+  int64_t R = 0, D = 0;
+  float* qs = nullptr;   // [R, D] queries times scale (* log2 e without softcap)
+  float* acc = nullptr;  // [R, D] unnormalised output
+  float* m = nullptr;    // [R] running max (base 2)
+  float* l = nullptr;    // [R] running sum
+  float* kf = nullptr;   // [kBK, D] a converted key block (half types)
+  float* vf = nullptr;
+  int64_t* lo = nullptr;  // [R] each row attends keys [lo, hi)
+  int64_t* hi = nullptr;
+};
+
+GE_INLINE RowSet make_rows(int64_t R, int64_t D) {
+  Scratch& s = t_scratch;
+  const size_t nf = size_t(2 * R * D + 2 * R + 2 * kBK * D + 16);
+  if (s.f.size() < nf) s.f.resize(nf);
+  if (s.i.size() < size_t(2 * R)) s.i.resize(size_t(2 * R));
+  RowSet r;
+  r.R = R;
+  r.D = D;
+  r.qs = s.f.data();
+  r.acc = r.qs + R * D;
+  r.kf = r.acc + R * D;
+  r.vf = r.kf + kBK * D;
+  r.m = r.vf + kBK * D;
+  r.l = r.m + R;
+  r.lo = s.i.data();
+  r.hi = r.lo + R;
+  return r;
+}
+
+template <typename T>
+GE_INLINE void load_query(const RowSet& rs, int64_t r, const T* q, float mult) {
+  float* dst = rs.qs + r * rs.D;
+  for (int64_t i = 0; i < rs.D; ++i) dst[i] = to_float(q[i]) * mult;
+}
+
+// Online softmax of every row over keys [klo, khi); fill(j0, n, kr, vr) sets the pointers of keys
+// j0 .. j0 + n - 1 (all inside the buffers: the caller has clamped the range and the pages).
+template <typename T, typename Fill>
+GE_INLINE void attend(const RowSet& rs, int64_t klo, int64_t khi, float softcap, Fill fill) {
+  const int64_t R = rs.R, D = rs.D, nc = D / 8;
+  for (int64_t r = 0; r < R; ++r) {
+    rs.m[r] = kNegInf;
+    rs.l[r] = 0.0f;
+  }
+  std::memset(rs.acc, 0, sizeof(float) * size_t(R * D));
+  const v8i iota = {0, 1, 2, 3, 4, 5, 6, 7};
+  for (int64_t j0 = klo; j0 < khi; j0 += kBK) {
+    const int n = int(std::min<int64_t>(kBK, khi - j0));
+    const T* kr[kBK];
+    const T* vr[kBK];
+    fill(j0, n, kr, vr);
+    const float* kp[kBK];
+    const float* vp[kBK];
+    for (int j = 0; j < n; ++j) {
+      if constexpr (std::is_same<T, float>::value) {
+        kp[j] = kr[j];
+        vp[j] = vr[j];
+      } else {
+        to_float_row(kr[j], rs.kf + j * D, D);
+        to_float_row(vr[j], rs.vf + j * D, D);
+        kp[j] = rs.kf + j * D;
+        vp[j] = rs.vf + j * D;
+      }
+    }
+    for (int j = n; j < kBK; ++j) kp[j] = vp[j] = g_zero_row;
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t a = std::max(rs.lo[r], j0), b = std::min(rs.hi[r], j0 + n);
+      if (a >= b) continue;
+      const float* q = rs.qs + r * D;
+      v8f s0 = dot8(q, kp, nc);
+      v8f s1 = n > 8 ? dot8(q, kp + 8, nc) : v8f{} + kNegInf;
+      if (softcap > 0.0f) {
+        s0 = softcap2(s0, softcap);
+        s1 = softcap2(s1, softcap);
+      }
+      const int32_t ra = int32_t(a - j0), rb = int32_t(b - j0);
+      const v8i in0 = (iota >= ra) & (iota < rb), in1 = (iota + 8 >= ra) & (iota + 8 < rb);
+      s0 = (v8f)(((v8i)s0 & in0) | ((v8i)(v8f{} + kNegInf) & ~in0));
+      s1 = (v8f)(((v8i)s1 & in1) | ((v8i)(v8f{} + kNegInf) & ~in1));
+      const float mb = hmax(vmax(s0, s1));
+      const float mold = rs.m[r];
+      const float mnew = mb > mold ? mb : mold;
+      if (!(mnew > kNegInf)) continue;  // NaN scores fall through below; -inf rows have nothing yet
+      const v8f p0 = exp2v(s0 - mnew), p1 = exp2v(s1 - mnew);
+      const float corr = std::exp2(mold - mnew);
+      rs.l[r] = rs.l[r] * corr + hsum(p0 + p1);
+      rs.m[r] = mnew;
+      alignas(32) float p[kBK];
+      store8(p, p0);
+      store8(p + 8, p1);
+      av_row(rs.acc + r * D, p, vp, ra, rb, D, corr);
+    }
+  }
+}
+
+// normalised output row r (zeros when it attended nothing) and its natural-log LSE
+template <typename O>
+GE_INLINE float finish_row(const RowSet& rs, int64_t r, O* out) {
+  const float l = rs.l[r];
+  const float* acc = rs.acc + r * rs.D;
+  if (!(l > 0.0f)) {
+    for (int64_t i = 0; i < rs.D; ++i) out[i] = from_float<O>(0.0f);
+    return l == 0.0f ? kNegInf : std::numeric_limits<float>::quiet_NaN();
+  }
+  const float inv = 1.0f / l;
+  for (int64_t i = 0; i < rs.D; ++i) out[i] = from_float<O>(acc[i] * inv);
+  return (rs.m[r] + std::log2(l)) * kLn2;
+}
+
+// ----------------------------------------------------------------------------------------------
+// decode
+
+struct DecodePlan {
+  const DecodeArgs* a;
+  int64_t G, R, splits, capacity;
+  float* ws_out;  // [B * Hkv * R, splits, D] partial outputs (splits > 1)
+  float* ws_lse;  // [B * Hkv * R, splits]
+};
+
+GE_INLINE int64_t clamp_len(const DecodePlan& p, int64_t b) {
+  const int64_t L = p.a->seqlens[b];
+  return std::max<int64_t>(0, std::min<int64_t>(L, p.capacity));
+}
+
+template <typename T>
+GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
+  const DecodeArgs& a = *p.a;
+  const int64_t split = item % p.splits, bh = item / p.splits, h = bh % a.Hkv, b = bh / a.Hkv;
+  const int64_t D = a.D, Q = a.Q, G = p.G, R = p.R;
+  const int64_t L = clamp_len(p, b);
+  RowSet rs = make_rows(R, D);
+  const float mult = a.softcap > 0.0f ? a.scale : a.scale * kLog2e;
+  const T* q = static_cast<const T*>(a.q);
+  for (int64_t qi = 0; qi < Q; ++qi) {
+    const int64_t pos = L - Q + qi;
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r = qi * G + g;
+      load_query(rs, r, q + ((b * Q + qi) * a.Hq + h * G + g) * D, mult);
+      rs.hi[r] = pos >= 0 ? pos + 1 : 0;
+      rs.lo[r] = (pos >= 0 && a.window > 0) ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+      if (rs.lo[r] > rs.hi[r]) rs.lo[r] = rs.hi[r];
+    }
+  }
+  const int64_t kb = a.window > 0 ? std::max<int64_t>(0, L - Q - a.window + 1) : 0;
+  const int64_t total = std::max<int64_t>(0, L - kb);
+  const int64_t chunk = (total + p.splits - 1) / p.splits;
+  const int64_t klo = std::min(L, kb + split * chunk), khi = std::min(L, kb + (split + 1) * chunk);
+  const KvLayout& kv = a.kv;
+  const T* kbase = static_cast<const T*>(kv.k) + h * kv.k_sh;
+  const T* vbase = static_cast<const T*>(kv.v) + h * kv.v_sh;
+  const int32_t* bt = kv.block_table ? kv.block_table + b * kv.bt_stride : nullptr;
+  auto fill = [&](int64_t j0, int n, const T** kr, const T** vr) __attribute__((always_inline)) {
+    int64_t pi = j0 / kv.page_size, slot = j0 - pi * kv.page_size;
+    int64_t page = bt ? std::min<int64_t>(std::max<int32_t>(bt[pi], 0), kv.num_pages - 1) : b;
+    for (int j = 0; j < n; ++j) {
+      kr[j] = kbase + page * kv.k_sp + slot * kv.k_ss;
+      vr[j] = vbase + page * kv.v_sp + slot * kv.v_ss;
+      if (++slot == kv.page_size && j + 1 < n) {
+        slot = 0;
+        ++pi;
+        page = bt ? std::min<int64_t>(std::max<int32_t>(bt[pi], 0), kv.num_pages - 1) : b;
+      }
+    }
+  };
+  attend<T>(rs, klo, khi, a.softcap, fill);
+  for (int64_t qi = 0; qi < Q; ++qi) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r = qi * G + g, hq = h * G + g, orow = (b * Q + qi) * a.Hq + hq;
+      if (p.splits == 1) {
+        const float lse = finish_row(rs, r, static_cast<T*>(a.out) + orow * D);
+        if (a.lse) a.lse[orow] = lse;
+      } else {
+        const int64_t w = (bh * R + r) * p.splits + split;
+        p.ws_lse[w] = finish_row(rs, r, p.ws_out + w * D);
+      }
+    }
+  }
+}
+
+template <typename T>
+GE_INLINE void decode_merge(const DecodePlan& p, int64_t bh) {
+  const DecodeArgs& a = *p.a;
+  const int64_t h = bh % a.Hkv, b = bh / a.Hkv, D = a.D, S = p.splits;
+  for (int64_t qi = 0; qi < a.Q; ++qi) {
+    for (int64_t g = 0; g < p.G; ++g) {
+      const int64_t r = qi * p.G + g, orow = (b * a.Q + qi) * a.Hq + h * p.G + g;
+      const int64_t w0 = (bh * p.R + r) * S;
+      float mx = kNegInf;
+      for (int64_t s = 0; s < S; ++s) mx = std::max(mx, p.ws_lse[w0 + s]);
+      T* out = static_cast<T*>(a.out) + orow * D;
+      if (!(mx > kNegInf)) {  // no split saw a key
+        for (int64_t i = 0; i < D; ++i) out[i] = from_float<T>(0.0f);
+        if (a.lse) a.lse[orow] = kNegInf;
+        continue;
+      }
+      alignas(32) float o[kMaxD];
+      std::memset(o, 0, sizeof(float) * size_t(D));
+      float tot = 0.0f;
+      for (int64_t s = 0; s < S; ++s) {
+        const float ls = p.ws_lse[w0 + s];
+        if (!(ls > kNegInf)) continue;
+        const float wgt = std::exp(ls - mx);
+        tot += wgt;
+        const float* po = p.ws_out + (w0 + s) * D;
+        for (int64_t i = 0; i < D; ++i) o[i] += wgt * po[i];
+      }
+      const float inv = 1.0f / tot;
+      for (int64_t i = 0; i < D; ++i) out[i] = from_float<T>(o[i] * inv);
+      if (a.lse) a.lse[orow] = mx + std::log(tot);
+    }
+  }
+}
+
+GE_ATTN_MV((void decode_item_f32(const DecodePlan& p, int64_t i)), { decode_item<float>(p, i); })
+GE_ATTN_MV((void decode_item_bf16(const DecodePlan& p, int64_t i)), { decode_item<BF16>(p, i); })
+GE_ATTN_MV((void decode_item_f16(const DecodePlan& p, int64_t i)), { decode_item<F16>(p, i); })
+void decode_item_any(const DecodePlan& p, int64_t i) {
+  switch (p.a->dtype) {
+    case kFloat32: decode_item_f32(p, i); break;
+    case kBFloat16: decode_item_bf16(p, i); break;
+    default: decode_item_f16(p, i); break;
+  }
+}
+void decode_merge_any(const DecodePlan& p, int64_t i) {
+  switch (p.a->dtype) {
+    case kFloat32: decode_merge<float>(p, i); break;
+    case kBFloat16: decode_merge<BF16>(p, i); break;
+    default: decode_merge<F16>(p, i); break;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// prefill
+
+struct PrefillPlan {
+  const PrefillArgs* a;
+  int64_t G, bq;
+  std::vector<int64_t> blocks;  // per item: (batch row << 32) | query block, then times Hkv
+};
+
+template <typename T>
+GE_INLINE void prefill_item(const PrefillPlan& p, int64_t item) {
+  const PrefillArgs& a = *p.a;
+  const int64_t h = item % a.Hkv, blk = p.blocks[size_t(item / a.Hkv)];
+  const int64_t b = blk >> 32, qb = blk & 0xFFFFFFFF;
+  const int64_t q0 = a.cu_q[b], lq = a.cu_q[b + 1] - q0, k0 = a.cu_k[b], lk = a.cu_k[b + 1] - k0;
+  const int64_t i0 = qb * p.bq, nq = std::min(p.bq, lq - i0), D = a.D, G = p.G;
+  RowSet rs = make_rows(nq * G, D);
+  const float mult = a.softcap > 0.0f ? a.scale : a.scale * kLog2e;
+  const T* q = static_cast<const T*>(a.q);
+  int64_t klo = lk, khi = 0;
+  for (int64_t i = 0; i < nq; ++i) {
+    const int64_t pos = i0 + i + lk - lq;
+    int64_t hi = a.causal ? std::min(lk, pos + 1) : lk;
+    int64_t lo = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+    hi = std::max<int64_t>(hi, 0);
+    lo = std::min(lo, hi);
+    if (lo < hi) {
+      klo = std::min(klo, lo);
+      khi = std::max(khi, hi);
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t r = i * G + g;
+      load_query(rs, r, q + ((q0 + i0 + i) * a.Hq + h * G + g) * D, mult);
+      rs.lo[r] = lo;
+      rs.hi[r] = hi;
+    }
+  }
+  const T* kbase = static_cast<const T*>(a.k) + k0 * a.k_st + h * a.k_sh;
+  const T* vbase = static_cast<const T*>(a.v) + k0 * a.v_st + h * a.v_sh;
+  auto fill = [&](int64_t j0, int n, const T** kr, const T** vr) __attribute__((always_inline)) {
+    for (int j = 0; j < n; ++j) {
+      kr[j] = kbase + (j0 + j) * a.k_st;
+      vr[j] = vbase + (j0 + j) * a.v_st;
+    }
+  };
+  attend<T>(rs, klo, std::max(klo, khi), a.softcap, fill);
+  for (int64_t i = 0; i < nq; ++i) {
+    for (int64_t g = 0; g < G; ++g) {
+      const int64_t orow = (q0 + i0 + i) * a.Hq + h * G + g;
+      const float lse = finish_row(rs, i * G + g, static_cast<T*>(a.out) + orow * D);
+      if (a.lse) a.lse[orow] = lse;
+    }
+  }
+}
+
+GE_ATTN_MV((void prefill_item_f32(const PrefillPlan& p, int64_t i)), { prefill_item<float>(p, i); })
+GE_ATTN_MV((void prefill_item_bf16(const PrefillPlan& p, int64_t i)), { prefill_item<BF16>(p, i); })
+GE_ATTN_MV((void prefill_item_f16(const PrefillPlan& p, int64_t i)), { prefill_item<F16>(p, i); })
+void prefill_item_any(const PrefillPlan& p, int64_t i) {
+  switch (p.a->dtype) {
+    case kFloat32: prefill_item_f32(p, i); break;
+    case kBFloat16: prefill_item_bf16(p, i); break;
+    default: prefill_item_f16(p, i); break;
+  }
+}
+
+// ----------------------------------------------------------------------------------------------
+// rotary embedding + KV append
+
+// out[0, rd) = the rotation of x[0, rd) by the angles (c, s); out[rd, D) = x[rd, D)
+template <typename T>
+GE_INLINE void rotate_row(const T* __restrict x, T* __restrict out, const float* c, const float* s, int64_t D,
+                          int64_t rd, bool interleaved) {
+  const int64_t half = rd / 2;
+  if (interleaved) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = to_float(x[2 * i]), x2 = to_float(x[2 * i + 1]);
+      out[2 * i] = from_float<T>(x1 * c[i] - x2 * s[i]);
+      out[2 * i + 1] = from_float<T>(x2 * c[i] + x1 * s[i]);
+    }
+  } else {
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = to_float(x[i]), x2 = to_float(x[i + half]);
+      out[i] = from_float<T>(x1 * c[i] - x2 * s[i]);
+      out[i + half] = from_float<T>(x2 * c[i] + x1 * s[i]);
+    }
+  }
+  for (int64_t i = rd; i < D; ++i) out[i] = x[i];
+}
+
+template <typename T>
+GE_INLINE void rope_token(const RopeArgs& a, int64_t t) {
+  const int64_t D = a.D, rd = a.rotary_dim;
+  const int64_t pos = a.positions[t];
+  const int64_t b = a.seq_ids ? a.seq_ids[t] : t;
+  const float* c = a.cos + pos * a.cs_stride;
+  const float* s = a.sin + pos * a.cs_stride;
+  const T* q = static_cast<const T*>(a.q) + t * a.Hq * D;
+  T* qo = static_cast<T*>(a.q_out) + t * a.Hq * D;
+  for (int64_t h = 0; h < a.Hq; ++h) rotate_row(q + h * D, qo + h * D, c, s, D, rd, a.interleaved);
+  const KvLayout& kv = a.kv;
+  const int64_t pi = pos / kv.page_size, slot = pos - pi * kv.page_size;
+  const int64_t page = kv.block_table ? std::min<int64_t>(std::max<int32_t>(kv.block_table[b * kv.bt_stride + pi], 0),
+                                                          kv.num_pages - 1)
+                                      : b;
+  const T* k = static_cast<const T*>(a.k) + t * a.Hkv * D;
+  const T* v = static_cast<const T*>(a.v) + t * a.Hkv * D;
+  T* ko = static_cast<T*>(a.k_out) + t * a.Hkv * D;
+  T* kc = static_cast<T*>(a.k_cache) + page * kv.k_sp + slot * kv.k_ss;
+  T* vc = static_cast<T*>(a.v_cache) + page * kv.v_sp + slot * kv.v_ss;
+  for (int64_t h = 0; h < a.Hkv; ++h) {
+    rotate_row(k + h * D, ko + h * D, c, s, D, rd, a.interleaved);
+    std::memcpy(kc + h * kv.k_sh, ko + h * D, sizeof(T) * size_t(D));
+    std::memcpy(vc + h * kv.v_sh, v + h * D, sizeof(T) * size_t(D));
+  }
+}
+
+GE_ATTN_MV((void rope_tokens_f32(const RopeArgs& a, int64_t t0, int64_t t1)), {
+  for (int64_t t = t0; t < t1; ++t) rope_token<float>(a, t);
+})
+GE_ATTN_MV((void rope_tokens_bf16(const RopeArgs& a, int64_t t0, int64_t t1)), {
+  for (int64_t t = t0; t < t1; ++t) rope_token<BF16>(a, t);
+})
+GE_ATTN_MV((void rope_tokens_f16(const RopeArgs& a, int64_t t0, int64_t t1)), {
+  for (int64_t t = t0; t < t1; ++t) rope_token<F16>(a, t);
+})
+void rope_tokens_any(const RopeArgs& a, int64_t t0, int64_t t1) {
+  switch (a.dtype) {
+    case kFloat32: rope_tokens_f32(a, t0, t1); break;
+    case kBFloat16: rope_tokens_bf16(a, t0, t1); break;
+    default: rope_tokens_f16(a, t0, t1); break;
+  }
+}
+
+}  // namespace
+
+int64_t decode_default_splits(int64_t B, int64_t Hkv, int64_t max_keys) {
+  // enough items for 4 per thread (dynamic hand-out evens out unequal lengths), but no split
+  // shorter than 256 keys: below that the merge and the per-item set-up cost more than they save
+  const int64_t threads = std::max(1, get_num_threads()), items = std::max<int64_t>(1, B * Hkv);
+  const int64_t want = (4 * threads + items - 1) / items;
+  const int64_t most = std::max<int64_t>(1, max_keys / 256);
+  return std::max<int64_t>(1, std::min<int64_t>({want, most, 64}));
+}
+
+void decode_attention(const DecodeArgs& a) {
+  if (a.B <= 0 || a.Hq <= 0 || a.D <= 0) return;
+  DecodePlan p;
+  p.a = &a;
+  p.G = a.Hq / a.Hkv;
+  p.R = a.Q * p.G;
+  p.capacity = a.kv.block_table ? a.kv.bt_stride * a.kv.page_size : a.kv.page_size;
+  int64_t max_keys = 0;
+  for (int64_t b = 0; b < a.B; ++b) max_keys = std::max<int64_t>(max_keys, std::min<int64_t>(a.seqlens[b], p.capacity));
+  p.splits = a.num_splits > 0 ? a.num_splits : decode_default_splits(a.B, a.Hkv, max_keys);
+  std::vector<float> ws;
+  if (p.splits > 1) {
+    const size_t rows = size_t(a.B * a.Hkv * p.R * p.splits);
+    ws.resize(rows * size_t(a.D + 1));
+    p.ws_out = ws.data();
+    p.ws_lse = ws.data() + rows * size_t(a.D);
+  }
+  parallel_chunks(a.B * a.Hkv * p.splits, [&](int64_t i) { decode_item_any(p, i); });
+  if (p.splits > 1) parallel_chunks(a.B * a.Hkv, [&](int64_t i) { decode_merge_any(p, i); });
+}
+
+void prefill_attention(const PrefillArgs& a) {
+  if (a.B <= 0 || a.Hq <= 0 || a.D <= 0) return;
+  PrefillPlan p;
+  p.a = &a;
+  p.G = a.Hq / a.Hkv;
+  p.bq = std::max<int64_t>(2, 32 / p.G);  // about 32 rows per item: queries and accumulators stay in L1/L2
+  for (int64_t b = 0; b < a.B; ++b) {
+    const int64_t lq = a.cu_q[b + 1] - a.cu_q[b];
+    for (int64_t qb = 0; qb * p.bq < lq; ++qb) p.blocks.push_back((b << 32) | qb);
+  }
+  // longest (latest, under causal masking) blocks first, so the dynamic hand-out ends evenly
+  std::stable_sort(p.blocks.begin(), p.blocks.end(), [](int64_t x, int64_t y) { return (x & 0xFFFFFFFF) > (y & 0xFFFFFFFF); });
+  parallel_chunks(int64_t(p.blocks.size()) * a.Hkv, [&](int64_t i) { prefill_item_any(p, i); });
+}
+
+void rope_append_kv(const RopeArgs& a) {
+  if (a.T <= 0) return;
+  const int64_t per = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, (a.Hq + 2 * a.Hkv) * a.D));
+  const int64_t chunks = (a.T + per - 1) / per;
+  parallel_chunks(chunks, [&](int64_t c) { rope_tokens_any(a, c * per, std::min(a.T, (c + 1) * per)); });
+}
+
+}  // namespace ge
