@@ -20,6 +20,10 @@ OPS = {
     "decode_attention": ("torch", "cpp"),
     "prefill_attention": ("torch", "cpp"),
     "rope_append_kv": ("torch", "cpp"),
+    "rbm_gibbs / rbm_cd_stats / rbm_parallel_tempering": ("torch", "cpp", "triton", "cuda"),
+    "ising_sweep": ("torch", "cpp", "triton", "cuda"),
+    "boltzmann_gibbs": ("torch", "cpp", "triton", "cuda"),
+    "langevin_step": ("torch", "cpp", "triton", "cuda"),
 }
 
 

@@ -4,6 +4,15 @@ Every op takes `backend="auto"|"torch"|"cpp"|"triton"|"cuda"`; see genengine._ba
 """
 
 from .diffusion import ddim_step, ddpm_step, dpmpp_2m_step, euler_ancestral_step, euler_step
+from .gibbs import (
+    boltzmann_gibbs,
+    graph_coloring,
+    ising_sweep,
+    langevin_step,
+    rbm_cd_stats,
+    rbm_gibbs,
+    rbm_parallel_tempering,
+)
 from .group_norm import group_norm_silu
 from .rng import draw_key, philox_normal, philox_uniform, philox_words
 
@@ -18,6 +27,13 @@ __all__ = [
     "philox_words",
     "philox_uniform",
     "philox_normal",
+    "rbm_gibbs",
+    "rbm_cd_stats",
+    "rbm_parallel_tempering",
+    "ising_sweep",
+    "boltzmann_gibbs",
+    "graph_coloring",
+    "langevin_step",
 ]
 from .attention import decode_attention, prefill_attention, rope_append_kv, rope_tables  # noqa: E402
 
