@@ -15,6 +15,7 @@ from .gibbs import (
 )
 from .group_norm import group_norm_silu
 from .rng import draw_key, philox_normal, philox_uniform, philox_words
+from .sampling import sample_tokens
 
 __all__ = [
     "ddpm_step",
@@ -34,6 +35,7 @@ __all__ = [
     "boltzmann_gibbs",
     "graph_coloring",
     "langevin_step",
+    "sample_tokens",
 ]
 from .attention import decode_attention, prefill_attention, rope_append_kv, rope_tables  # noqa: E402
 
