@@ -24,6 +24,7 @@ OPS = {
     "ising_sweep": ("torch", "cpp", "triton", "cuda"),
     "boltzmann_gibbs": ("torch", "cpp", "triton", "cuda"),
     "langevin_step": ("torch", "cpp", "triton", "cuda"),
+    "sample_tokens": ("torch", "cpp", "triton"),
 }
 
 

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from . import diffusion, group_norm
+from . import diffusion, group_norm, sampling
 from .harness import Ceilings, busy_note
 
-OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run}
+OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run, "sampling": sampling.run}
 # families that include others: `--ops diffusion` also times the denoiser's fused GroupNorm + SiLU
 INCLUDES = {"diffusion": ("group_norm",)}
 
