@@ -20,7 +20,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 TOL = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (2.5e-2, 2e-2), torch.float16: (4e-3, 3e-3),
        torch.float64: (1e-10, 1e-10)}
 LSE_TOL = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float64: 1e-10}
-KERNEL_BACKENDS = ["cpp"]
+KERNEL_BACKENDS = ["cpp", "triton"]  # triton on CPU tensors under the interpreter (small shapes)
 BACKENDS = ["torch", *KERNEL_BACKENDS]
 
 
@@ -81,7 +81,8 @@ def _caches(gen, B, Hkv, D, lengths, S, dtype, page_size=None):
     return k, v, kp, vp, block_table
 
 
-def _decode_case(gen, backend, dtype, *, paged, Q=1, D=None, small=False):
+def _decode_case(gen, backend, dtype, *, paged, Q=1, D=None, small=None):
+    small = backend == "triton" if small is None else small
     rnd = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
     B = rnd.randint(1, 3 if small else 4)
     Hkv = rnd.randint(1, 3)
@@ -115,7 +116,7 @@ def _decode_case(gen, backend, dtype, *, paged, Q=1, D=None, small=False):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_decode_matches_reference(backend, dtype, paged, gen):
     _available(backend)
-    for _ in range(3):
+    for _ in range(1 if backend == "triton" else 3):
         _decode_case(gen, backend, dtype, paged=paged)
 
 
@@ -155,7 +156,8 @@ def test_split_count_invariance(backend, gen):
     seqlens = torch.tensor(lengths, dtype=torch.int32)
     ro, rl = R.decode_attention(q, k, v, seqlens, window=200)
     base = None
-    for ns in (1, 2, 3, 7, 64, 300):
+    # 300 splits: more than any sequence has keys (empty splits merge as nothing)
+    for ns in (1, 3, 7) if backend == "triton" else (1, 2, 3, 7, 64, 300):
         o, lse = ge.ops.decode_attention(q, kp, vp, seqlens, block_table=bt, window=200, num_splits=ns,
                                          return_lse=True, backend=backend)
         _close(o, ro, torch.float32)
@@ -216,7 +218,8 @@ def test_decode_float64_torch_backend(gen):
 # prefill
 
 
-def _prefill_case(gen, backend, dtype, *, small=False, causal=True, extra_keys=False):
+def _prefill_case(gen, backend, dtype, *, small=None, causal=True, extra_keys=False):
+    small = backend == "triton" if small is None else small
     rnd = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
     B = rnd.randint(1, 3 if small else 4)
     Hkv = rnd.randint(1, 2 if small else 3)
@@ -279,7 +282,8 @@ def test_prefill_then_decode_agree(backend, gen):
 # rotary + KV append
 
 
-def _rope_case(gen, backend, dtype, *, paged, small=False):
+def _rope_case(gen, backend, dtype, *, paged, small=None):
+    small = backend == "triton" if small is None else small
     rnd = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
     B = rnd.randint(1, 4)
     Hkv = rnd.randint(1, 3)
@@ -340,7 +344,7 @@ def _rope_case(gen, backend, dtype, *, paged, small=False):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_rope_append_matches_reference(backend, dtype, paged, gen):
     _available(backend)
-    for _ in range(3):
+    for _ in range(1 if backend == "triton" else 3):
         _rope_case(gen, backend, dtype, paged=paged)
 
 

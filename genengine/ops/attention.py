@@ -50,9 +50,9 @@ _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)  # on the kernel backends
 MAX_PAGE_SIZE = 256
 
-_DECODE_BACKENDS = ("torch", "cpp")
-_PREFILL_BACKENDS = ("torch", "cpp")
-_ROPE_BACKENDS = ("torch", "cpp")
+_DECODE_BACKENDS = ("torch", "cpp", "triton")
+_PREFILL_BACKENDS = ("torch", "cpp", "triton")
+_ROPE_BACKENDS = ("torch", "cpp", "triton")
 _modules = {}
 
 
@@ -67,6 +67,13 @@ def _kernel_module(name):
             mod = importlib.import_module("genengine.ops._attention_cuda")
         _modules[name] = mod
     return mod
+
+
+def _on_device(t):
+    """The tensor's CUDA device as the current one (launches go to its current stream); a no-op on the CPU."""
+    import contextlib
+
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +315,8 @@ def _run_decode(s):
         elif s.name == "torch":
             _decode_torch(s, out, lse)
         else:
-            _kernel_module(s.name).decode_attention(s, out, lse)
+            with _on_device(s.q):
+                _kernel_module(s.name).decode_attention(s, out, lse)
     if s.single:
         return out.view(s.B, s.Hq, s.D), lse.view(s.B, s.Hq)
     return out, lse
@@ -457,7 +465,8 @@ def _run_prefill(s):
             out.copy_(o)
             lse.copy_(lv)
         else:
-            _kernel_module(s.name).prefill_attention(s, out, lse)
+            with _on_device(s.q):
+                _kernel_module(s.name).prefill_attention(s, out, lse)
     return out, lse
 
 
@@ -631,7 +640,8 @@ def _run_rope(s):
         elif s.name == "torch":
             _rope_torch(s, q_out, k_out)
         else:
-            _kernel_module(s.name).rope_append_kv(s, q_out, k_out)
+            with _on_device(s.q):
+                _kernel_module(s.name).rope_append_kv(s, q_out, k_out)
     return q_out, k_out
 
 
