@@ -25,6 +25,7 @@ OPS = {
     "boltzmann_gibbs": ("torch", "cpp", "triton", "cuda"),
     "langevin_step": ("torch", "cpp", "triton", "cuda"),
     "sample_tokens": ("torch", "cpp", "triton"),
+    "hmm_forward / hmm_posteriors / hmm_viterbi": ("torch", "cpp", "triton"),
 }
 
 

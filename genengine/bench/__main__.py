@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from . import diffusion, group_norm, sampling
+from . import diffusion, group_norm, hmm, sampling
 from .harness import Ceilings, busy_note
 
-OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run, "sampling": sampling.run}
+OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run, "sampling": sampling.run, "hmm": hmm.run}
 # families that include others: `--ops diffusion` also times the denoiser's fused GroupNorm + SiLU
 INCLUDES = {"diffusion": ("group_norm",)}
 

@@ -9,5 +9,6 @@ Shapes: each family documents its own in its module (diffusion.py, denoisers.py,
 from .base import GenerativeModel, ModelFileError, available, load
 from .denoisers import MLPDenoiser, UNet
 from .diffusion import DiffusionModel
+from .hmm import HMM
 
-__all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionModel", "UNet", "MLPDenoiser"]
+__all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionModel", "UNet", "MLPDenoiser", "HMM"]

@@ -14,6 +14,7 @@ from .gibbs import (
     rbm_parallel_tempering,
 )
 from .group_norm import group_norm_silu
+from .hmm import hmm_forward, hmm_posteriors, hmm_viterbi
 from .rng import draw_key, philox_normal, philox_uniform, philox_words
 from .sampling import sample_tokens
 
@@ -36,6 +37,9 @@ __all__ = [
     "graph_coloring",
     "langevin_step",
     "sample_tokens",
+    "hmm_forward",
+    "hmm_posteriors",
+    "hmm_viterbi",
 ]
 from .attention import decode_attention, prefill_attention, rope_append_kv, rope_tables  # noqa: E402
 
