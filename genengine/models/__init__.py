@@ -9,6 +9,9 @@ Shapes: each family documents its own in its module (diffusion.py, denoisers.py,
 from .base import GenerativeModel, ModelFileError, available, load
 from .denoisers import MLPDenoiser, UNet
 from .diffusion import DiffusionModel
+from .ebm import EBM
 from .hmm import HMM
+from .rbm import DBN, RBM, BoltzmannMachine
 
-__all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionModel", "UNet", "MLPDenoiser", "HMM"]
+__all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionModel", "UNet", "MLPDenoiser", "HMM", "RBM",
+           "DBN", "BoltzmannMachine", "EBM"]

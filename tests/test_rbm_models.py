@@ -1,0 +1,207 @@
+"""The Gibbs-sampling model families: RBM (exact and AIS partition functions against enumeration,
+free energies, CD-k / PCD training that raises the exact likelihood, sampling, inpainting, save/load),
+DBN, BoltzmannMachine and EBM (Langevin sampling of a known energy, persistent contrastive training)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import genengine as ge
+from genengine.reference import gibbs as R
+
+
+def _states(n):
+    return torch.tensor(list(itertools.product([0.0, 1.0], repeat=n)), dtype=torch.float64)
+
+
+def _random_rbm(gen, nv, nh, scale=1.0, visible="bernoulli"):
+    m = ge.models.RBM(nv, nh, visible=visible)
+    m.W.data = torch.randn(nv, nh, generator=gen) * scale
+    m.vbias.data = torch.randn(nv, generator=gen) * 0.5
+    m.hbias.data = torch.randn(nh, generator=gen) * 0.5
+    return m
+
+
+def _brute_logz(m):
+    """log sum over v and h of exp(-E(v, h)), by enumerating both layers (Bernoulli visible)."""
+    v, h = _states(m.n_visible), _states(m.n_hidden)
+    E = -(v @ m.W.double() @ h.t()) - (v @ m.vbias.double()).unsqueeze(1) - (h @ m.hbias.double()).unsqueeze(0)
+    return float(torch.logsumexp((-E).reshape(-1), 0))
+
+
+def test_free_energy_and_exact_log_partition_match_enumeration(gen):
+    for nv, nh in ((7, 5), (4, 9)):  # enumerates the hidden, then the visible, layer
+        m = _random_rbm(gen, nv, nh)
+        lz = m.log_partition()
+        assert lz.method == "exact" and lz.stderr == 0.0
+        assert abs(lz.value - _brute_logz(m)) < 1e-9
+        v = _states(nv)
+        h = _states(nh)
+        E = -(v @ m.W.double() @ h.t()) - (v @ m.vbias.double()).unsqueeze(1) - (h @ m.hbias.double()).unsqueeze(0)
+        assert torch.allclose(m.free_energy(v.float()), -torch.logsumexp(-E, 1), atol=1e-5)
+        assert abs(float(torch.logsumexp(m.log_prob(v.float()), 0))) < 1e-5  # a normalised law
+
+
+def test_gaussian_rbm_log_partition_by_quadrature(gen):
+    m = _random_rbm(gen, 2, 3, scale=0.6, visible="gaussian")
+    g = torch.linspace(-12, 12, 801, dtype=torch.float64)
+    vv = torch.cartesian_prod(g, g)
+    dens = torch.exp(-m.free_energy(vv))
+    quad = float(torch.log(dens.sum() * (g[1] - g[0]) ** 2))
+    assert abs(m.log_partition().value - quad) < 1e-6
+
+
+def test_ais_estimate_matches_exact_within_its_error(gen):
+    m = _random_rbm(gen, 14, 10, scale=0.8)
+    exact = m.log_partition("exact").value
+    est = m.log_partition("ais", n_chains=300, n_betas=600, generator=gen)
+    assert est.method == "ais" and 0 < est.stderr < 0.1
+    assert abs(est.value - exact) < 4 * est.stderr + 0.02, (est, exact)
+
+
+def test_log_prob_uses_ais_above_the_enumeration_limit(gen):
+    m = _random_rbm(gen, 22, 21, scale=0.05)
+    x = (torch.rand(5, 22, generator=gen) < 0.5).float()
+    lp = m.log_prob(x, n_betas=300, generator=gen)
+    assert m.log_partition_info.method == "ais"
+    # weak couplings: log Z is near the independent model's sum_i softplus(b_i) + sum_j softplus(c_j)
+    approx = float(torch.nn.functional.softplus(m.vbias).sum() + torch.nn.functional.softplus(m.hbias).sum())
+    assert abs(m.log_partition_info.value - approx) < 0.5
+    assert lp.shape == (5,) and bool(torch.isfinite(lp).all())
+
+
+def _prototype_data(gen, n=600, nv=12, noise=0.05):
+    protos = torch.tensor([[1.0] * 6 + [0.0] * 6, [0.0] * 6 + [1.0] * 6, [1.0, 0.0] * 6])
+    idx = torch.randint(0, 3, (n,), generator=gen)
+    x = protos[idx]
+    flip = torch.rand(n, nv, generator=gen) < noise
+    return torch.where(flip, 1 - x, x), protos
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_rbm_fit_raises_exact_likelihood(persistent, gen):
+    x, protos = _prototype_data(gen)
+    m = ge.models.RBM(12, 6)
+    before = float(m.log_prob(x).mean())
+    seen = []
+    m.fit(x, epochs=25, batch_size=50, lr=0.1, k=1, persistent=persistent, n_chains=200, progress=False, generator=gen,
+          callback=lambda _m, info: seen.append(info["epoch"]))
+    after = float(m.log_prob(x).mean())
+    assert seen == list(range(25))
+    assert after > before + 2.5, (before, after)  # the data's entropy bound is about -3.5
+    # samples look like the prototypes
+    s = m.sample(300, steps=200, generator=gen)
+    dist = torch.cdist(s, protos, p=1).min(1).values
+    assert float((dist <= 1).float().mean()) > 0.5  # chance: 1%
+
+
+def test_rbm_sample_deterministic_inpainting_and_save_load(tmp_path, gen):
+    m = _random_rbm(gen, 10, 6)
+    a = m.sample(20, steps=5, generator=torch.Generator().manual_seed(3))
+    b = m.sample(20, steps=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == (20, 10)
+    mask = torch.zeros(10, dtype=torch.bool)
+    mask[:4] = True
+    vals = torch.tensor([1.0, 0.0, 1.0, 1.0] + [0.0] * 6)
+    c = m.sample(20, steps=5, clamp_mask=mask, clamp_values=vals, generator=gen)
+    assert torch.equal(c[:, :4], vals[:4].expand(20, 4))
+    path = tmp_path / "rbm.pt"
+    m.save(path)
+    m2 = ge.models.load(path)
+    assert isinstance(m2, ge.models.RBM) and torch.equal(m2.W, m.W)
+    assert torch.equal(m2.sample(20, steps=5, generator=torch.Generator().manual_seed(3)), a)
+    cb_stop = ge.models.RBM(10, 6).fit(a, epochs=5, progress=False, callback=lambda *_: True)
+    assert isinstance(cb_stop, ge.models.RBM)
+
+
+def test_rbm_bad_input(gen):
+    m = ge.models.RBM(6, 3)
+    with pytest.raises(ValueError, match="features"):
+        m.fit(torch.rand(10, 5), progress=False)
+    with pytest.raises(ValueError, match="data"):
+        m.fit(torch.rand(10, 6) * 3, progress=False)
+    with pytest.raises(ValueError, match="visible"):
+        ge.models.RBM(6, 3, visible="poisson")
+    with pytest.raises(ValueError, match="exact"):
+        ge.models.RBM(30, 30).log_partition("exact")
+    with pytest.raises(ValueError, match="n_hidden"):
+        ge.models.RBM(6, 0)
+
+
+def test_dbn_greedy_training_and_sampling(gen):
+    x, protos = _prototype_data(gen)
+    dbn = ge.models.DBN([12, 8, 4])
+    w1 = dbn.rbms[1].W.clone()
+    infos = []
+    dbn.fit(x, epochs=20, batch_size=50, lr=0.1, progress=False, generator=gen, callback=lambda _m, i: infos.append(i))
+    assert {i["layer"] for i in infos} == {0, 1}
+    assert not torch.equal(dbn.rbms[1].W, w1)  # the second layer was trained on the first's features
+    s = dbn.sample(300, steps=200, generator=gen)
+    assert s.shape == (300, 12) and set(s.unique().tolist()) <= {0.0, 1.0}
+    dist = torch.cdist(s, protos, p=1).min(1).values
+    assert float((dist <= 2).float().mean()) > 0.5  # chance: 6%
+    with pytest.raises(NotImplementedError, match="tractable"):
+        dbn.log_prob(x)
+
+
+def test_boltzmann_machine_fit_and_exact_log_prob(gen):
+    n = 6
+    edges = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0), (0, 3)]
+    true = ge.models.BoltzmannMachine(n, edges=edges)
+    true.W.data = torch.randn(n, n, generator=gen).triu(1)
+    true.W.data = (true.W.data + true.W.data.t()) * true.mask * 1.5
+    true.bias.data = torch.randn(n, generator=gen) * 0.5
+    states = _states(n).float()
+    assert abs(float(torch.logsumexp(true.log_prob(states), 0))) < 1e-6
+    x = true.sample(3000, sweeps=100, generator=gen)
+    m = ge.models.BoltzmannMachine(n, edges=edges)
+    before = float(m.log_prob(x).mean())
+    m.fit(x, epochs=12, batch_size=300, lr=0.2, progress=False, generator=gen)
+    after = float(m.log_prob(x).mean())
+    best = float(true.log_prob(x).mean())
+    assert after > before + 0.3 and after > best - 0.1, (before, after, best)
+    assert torch.equal(m.W, m.W * m.mask)  # couplings only on the edges
+
+
+class _Quadratic(nn.Module):
+    """E(x) = (x - mu)^T P (x - mu) / 2 with P = L L^T (learnable)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.mu = nn.Parameter(torch.zeros(d))
+        self.L = nn.Parameter(torch.eye(d))
+
+    def forward(self, x):
+        z = (x - self.mu) @ self.L
+        return 0.5 * (z * z).sum(-1)
+
+
+def test_ebm_langevin_sampling_of_a_known_energy(gen):
+    net = _Quadratic(2)
+    net.mu.data = torch.tensor([1.0, -1.0])
+    net.L.data = torch.tensor([[2.0, 0.0], [0.5, 1.0]])
+    ebm = ge.models.EBM(net, sample_shape=(2,), buffer_size=0)
+    x = ebm.sample(8000, steps=400, step_size=0.02, init="noise", generator=gen)
+    P = net.L.data @ net.L.data.t()
+    assert torch.allclose(x.mean(0), net.mu.data, atol=0.05)
+    assert torch.allclose(torch.cov(x.t()), torch.linalg.inv(P), atol=0.06)
+    assert all(p.requires_grad for p in net.parameters())
+    with pytest.raises(NotImplementedError, match="partition"):
+        ebm.log_prob(x)
+
+
+def test_ebm_fit_by_persistent_contrastive_divergence(gen):
+    target = torch.tensor([1.5, -0.5])
+    data = target + 0.5 * torch.randn(2000, 2, generator=gen)
+    ebm = ge.models.EBM(_Quadratic(2), init_range=(-3.0, 3.0), buffer_size=2000)
+    ebm.fit(data, epochs=8, batch_size=250, lr=0.08, steps=15, step_size=0.05, alpha=0.0, progress=False, generator=gen)
+    assert torch.allclose(ebm.energy_net.mu.data, target, atol=0.25)
+    s = ebm.sample(2000, steps=100, step_size=0.02, generator=gen)
+    assert torch.allclose(s.mean(0), target, atol=0.2)
+    assert abs(float(s.std(0).mean()) - 0.5) < 0.15
+    assert len(ebm._buffer) == 2000  # the replay buffer holds the persistent chains
+    assert math.isfinite(float(ebm.energy(s).mean()))
+    assert R is not None
