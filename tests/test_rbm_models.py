@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import genengine as ge
-from genengine.reference import gibbs as R
 
 
 def _states(n):
@@ -203,5 +202,4 @@ def test_ebm_fit_by_persistent_contrastive_divergence(gen):
     assert torch.allclose(s.mean(0), target, atol=0.2)
     assert abs(float(s.std(0).mean()) - 0.5) < 0.15
     assert len(ebm._buffer) == 2000  # the replay buffer holds the persistent chains
-    assert math.isfinite(float(ebm.energy(s).mean()))
-    assert R is not None
+    assert math.isfinite(ebm.energy(s).detach().mean().item())
