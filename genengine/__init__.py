@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from . import data, diffusion, models, nn, ops
+from . import data, diffusion, metrics, models, nn, ops
 from ._backends import BACKENDS, BackendUnavailableError
 from ._info import info
 
 __version__ = "0.1.0"
-__all__ = ["ops", "nn", "diffusion", "models", "data", "info", "BACKENDS", "BackendUnavailableError", "__version__"]
+__all__ = ["ops", "nn", "diffusion", "models", "data", "metrics", "info", "BACKENDS", "BackendUnavailableError", "__version__"]
