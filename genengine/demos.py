@@ -1,0 +1,340 @@
+"""`python -m genengine demo FAMILY|all`: fit each family on its toy data, draw samples beside the data.
+
+    from genengine import demos
+    r = demos.run("diffusion", "out/")            # DemoResult: writes out/diffusion.png
+    results, skipped, failed = demos.run_all("out/")   # + out/gallery.png, a panel per family
+
+Every demo uses only the public API (`ge.models.NAME(...).fit(...)`, `.sample(n)`), on toy data made
+at run time (genengine.data or the small generators here; nothing is downloaded), with a budget of
+a few seconds per family on a 2-core CPU (`quick=True`: far smaller, for tests). A family whose model
+class is not in this build is skipped with a message. Shapes of each result: see genengine/_plot.py.
+
+Audio: a small 1-D diffusion model (ge.models.UNet(dims=1)) over log-magnitude spectrogram frames
+(B, F, T) (frequency bins as channels, 1-D over time) of synthetic tones and chords rendered at run
+time; its samples are turned back into sound by Griffin-Lim phase recovery and written as a 16-bit
+WAV (stdlib `wave`) with the spectrogram of that WAV as PNG. Video: a small spatio-temporal diffusion
+model (ge.models.UNet(dims=3)) over (B, 1, T, H, W) clips of a moving shape; frames as a PNG strip
+and a GIF.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import wave
+from dataclasses import dataclass, field
+
+import torch
+
+from . import models as _models
+
+__all__ = ["DEMOS", "DemoResult", "run", "run_all", "names"]
+
+
+@dataclass
+class DemoResult:
+    name: str
+    title: str
+    kind: str  # points | images | text | sequences | audio | video
+    data: object
+    samples: object
+    caption: str = ""
+    seconds: float = 0.0
+    files: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def summary(self):
+        return {"name": self.name, "title": self.title, "kind": self.kind, "seconds": round(self.seconds, 2),
+                "files": list(self.files), "caption": self.caption}
+
+
+class _Ctx:
+    def __init__(self, out_dir, quick, progress, seed):
+        self.out_dir, self.quick, self.progress, self.seed = out_dir, quick, progress, seed
+
+    def generator(self, salt=0):
+        return torch.Generator().manual_seed(self.seed * 1009 + salt)
+
+    def path(self, name):
+        return os.path.join(self.out_dir, name)
+
+
+# name -> (function, model classes it needs, one line)
+DEMOS: dict = {}
+
+
+def demo(name, needs, description):
+    def register(fn):
+        DEMOS[name] = (fn, tuple(needs), description)
+        return fn
+
+    return register
+
+
+def names():
+    return list(DEMOS)
+
+
+def missing_models(name):
+    """The model classes demo `name` needs that this build's genengine.models lacks."""
+    return [m for m in DEMOS[name][1] if not hasattr(_models, m)]
+
+
+def run(name, out_dir, *, quick=False, progress=True, seed=0, picture=True) -> DemoResult:
+    """Runs demo `name`, writes out_dir/NAME.png (and the demo's own files), returns its result."""
+    if name not in DEMOS:
+        raise ValueError(f"family: unknown demo {name!r}; expected one of {', '.join(DEMOS)} or 'all'")
+    missing = missing_models(name)
+    if missing:
+        raise LookupError(f"{name}: genengine.models.{missing[0]} is not in this build (its family has not landed)")
+    os.makedirs(out_dir, exist_ok=True)
+    fn = DEMOS[name][0]
+    t0 = time.perf_counter()
+    res = fn(_Ctx(out_dir, quick, progress, seed))
+    res.seconds = time.perf_counter() - t0
+    if picture:
+        from ._plot import figure_for
+
+        png = os.path.join(out_dir, f"{name}.png")
+        figure_for(res, png)
+        res.files.insert(0, png)
+    return res
+
+
+def run_all(out_dir, *, quick=False, progress=True, seed=0, log=print):
+    """Every demo whose families are built; writes out_dir/gallery.png. Returns (results, skipped
+    {name: reason}, failed {name: error})."""
+    results, skipped, failed = [], {}, {}
+    for name in DEMOS:
+        missing = missing_models(name)
+        if missing:
+            skipped[name] = f"genengine.models.{missing[0]} is not in this build"
+            log(f"demo {name}: skipped ({skipped[name]})")
+            continue
+        try:
+            r = run(name, out_dir, quick=quick, progress=progress, seed=seed)
+        except Exception as e:  # one family's failure must not hide the others
+            failed[name] = f"{type(e).__name__}: {e}"
+            log(f"demo {name}: FAILED ({failed[name]})")
+            continue
+        results.append(r)
+        log(f"demo {name}: {r.seconds:.1f} s -> {', '.join(r.files)}")
+    from ._plot import gallery
+
+    gallery(results, os.path.join(out_dir, "gallery.png"), missing=list(skipped))
+    return results, skipped, failed
+
+
+# ----------------------------------------------------------------------------------------------
+# toy data made here (genengine.data holds the 2-D sets)
+
+
+def _ring(ctx, n, salt=0):
+    from . import data
+
+    return data.ring_of_gaussians(n, std=0.08, generator=ctx.generator(salt))
+
+
+_RING_LIMITS = ((-2.8, 2.8), (-2.8, 2.8))
+
+
+# ----------------------------------------------------------------------------------------------
+# diffusion
+
+
+@demo("diffusion", ["DiffusionModel", "MLPDenoiser"], "DDPM-trained MLP denoiser on a ring of 8 Gaussians, DPM-Solver++ sampling")
+def _diffusion(ctx):
+    n = 512 if ctx.quick else 4000
+    x, _ = _ring(ctx, n)
+    den = _models.MLPDenoiser(2, hidden=64 if ctx.quick else 128, depth=2 if ctx.quick else 3)
+    model = _models.DiffusionModel(den)
+    epochs = 2 if ctx.quick else 60
+    model.fit(x, epochs=epochs, batch_size=256, lr=3e-3, ema=0.99, progress=ctx.progress, generator=ctx.generator(1))
+    s = model.sample(n if not ctx.quick else 256, sampler="dpmpp_2m", steps=10 if ctx.quick else 25,
+                     generator=ctx.generator(2))
+    return DemoResult("diffusion", "Diffusion (MLP denoiser)", "points", x, s,
+                      caption=f"{epochs} epochs, DPM-Solver++(2M) 25 steps", extra={"limits": _RING_LIMITS})
+
+
+# ----------------------------------------------------------------------------------------------
+# audio: spectrogram-frame diffusion, Griffin-Lim back to a waveform
+
+_SR, _NFFT, _HOP = 8000, 256, 128
+_BINS = 64  # the lowest 64 of 129 bins: 0 - 1969 Hz, where the tones and two harmonics lie
+_NOTES = [220.0 * 2 ** (k / 12) for k in (0, 2, 3, 5, 7, 8, 10, 12, 14, 15, 17, 19)]  # A minor, two octaves
+_CHORDS = [(0, 3, 7), (0, 4, 7)]  # minor and major triads, in semitones over the root
+
+
+def _tone_clips(n, frames, g):
+    """n waveforms (n, hop * (frames - 1)) of two segments, each one note or a triad (3 harmonics,
+    attack/decay envelope), random roots from _NOTES."""
+    length = _HOP * (frames - 1)
+    t = torch.arange(length, dtype=torch.float64) / _SR
+    out = torch.zeros(n, length, dtype=torch.float64)
+    seg = length // 2
+    for i in range(n):
+        for s in range(2):
+            root = _NOTES[int(torch.randint(0, 8, (1,), generator=g))]
+            if bool(torch.rand(1, generator=g) < 0.5):
+                freqs = [root]
+            else:
+                ch = _CHORDS[int(torch.randint(0, 2, (1,), generator=g))]
+                freqs = [root * 2 ** (c / 12) for c in ch]
+            tt = t[: seg]
+            env = (1 - torch.exp(-tt * 80)) * torch.exp(-tt * 3)
+            sig = torch.zeros(seg, dtype=torch.float64)
+            for f in freqs:
+                ph = float(torch.rand(1, generator=g)) * 2 * math.pi
+                for h, a in ((1, 1.0), (2, 0.4), (3, 0.15)):
+                    sig += a * torch.sin(2 * math.pi * f * h * tt + ph * h)
+            out[i, s * seg: (s + 1) * seg] = env * sig / len(freqs)
+    return out.float()
+
+
+def _stft(w):
+    win = torch.hann_window(_NFFT)
+    return torch.stft(w, _NFFT, _HOP, window=win, return_complex=True, center=True)
+
+
+_LOG_LO, _LOG_HI = math.log(1e-3), math.log(40.0)
+
+
+def _to_features(w):
+    mag = _stft(w).abs()[:, :_BINS]
+    x = (torch.log(mag + 1e-3) - _LOG_LO) / (_LOG_HI - _LOG_LO) * 2 - 1
+    return x.clamp(-1, 1)
+
+
+def _from_features(x, iters, g):
+    """Griffin-Lim: a waveform whose STFT magnitude matches the features (upper bins silent)."""
+    mag = torch.exp((x.clamp(-1, 1) + 1) / 2 * (_LOG_HI - _LOG_LO) + _LOG_LO) - 1e-3
+    mag = mag.clamp_min(0)
+    full = torch.zeros(x.shape[0], _NFFT // 2 + 1, x.shape[2])
+    full[:, :_BINS] = mag
+    win = torch.hann_window(_NFFT)
+    length = _HOP * (x.shape[2] - 1)
+    phase = torch.exp(2j * math.pi * torch.rand(full.shape, generator=g))
+    for _ in range(iters):
+        w = torch.istft(full * phase, _NFFT, _HOP, window=win, length=length, center=True)
+        spec = torch.stft(w, _NFFT, _HOP, window=win, return_complex=True, center=True)
+        phase = torch.exp(1j * torch.angle(spec))
+    return torch.istft(full * phase, _NFFT, _HOP, window=win, length=length, center=True)
+
+
+def write_wav(path, waveform, sample_rate):
+    """Writes a mono 16-bit PCM WAV of `waveform` (1-D float, peak-normalised to 0.9)."""
+    w = waveform.detach().double().cpu().reshape(-1)
+    peak = float(w.abs().max())
+    if peak > 0:
+        w = w * (0.9 / peak)
+    pcm = (w * 32767).round().clamp(-32768, 32767).to(torch.int16)
+    with wave.open(os.fspath(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(int(sample_rate))
+        f.writeframes(pcm.numpy().astype("<i2").tobytes())
+
+
+def _db(w):
+    return torch.log(_stft(w.reshape(1, -1)).abs()[0] + 1e-3)
+
+
+@demo("audio", ["DiffusionModel", "UNet"], "1-D UNet diffusion over spectrogram frames of synthetic tones and chords -> WAV")
+def _audio(ctx):
+    frames = 16 if ctx.quick else 32
+    n = 32 if ctx.quick else 512
+    g = ctx.generator(10)
+    waves = _tone_clips(n, frames, g)
+    feats = _to_features(waves)  # (n, 64, frames): (B, C, L)
+    den = _models.UNet(_BINS, base_channels=32 if ctx.quick else 64, channel_mults=(1, 2), num_groups=8, dims=1)
+    model = _models.DiffusionModel(den, prediction="epsilon")
+    epochs = 1 if ctx.quick else 40
+    model.fit(feats, epochs=epochs, batch_size=64, lr=2e-3, ema=0.99, progress=ctx.progress, generator=ctx.generator(11))
+    k = 2 if ctx.quick else 6
+    samples = model.sample(k, sampler="dpmpp_2m", steps=8 if ctx.quick else 25, generator=ctx.generator(12))
+    gen_waves = _from_features(samples, 4 if ctx.quick else 48, ctx.generator(13))
+    gap = torch.zeros(k, _SR // 8)
+    track = torch.cat([gen_waves, gap], dim=1).reshape(-1)
+    wav = ctx.path("audio.wav")
+    write_wav(wav, track, _SR)
+    data_track = torch.cat([waves[:k], gap], dim=1).reshape(-1)
+    spec_gen, spec_data = _db(track)[:_BINS], _db(data_track)[:_BINS]
+    ext = [0, track.shape[0] / _SR, 0, _BINS * _SR / _NFFT]
+    from ._plot import spectrogram_figure
+
+    png = ctx.path("audio_spectrogram.png")
+    spectrogram_figure(spec_gen, ext, png, f"generated audio ({k} clips, {wav}): spectrogram of the WAV")
+    return DemoResult("audio", "Audio (1-D UNet diffusion)", "audio", spec_data, spec_gen,
+                      caption=f"tones and chords; {epochs} epochs; WAV via Griffin-Lim",
+                      files=[wav, png], extra={"extent": ext})
+
+
+# ----------------------------------------------------------------------------------------------
+# video: spatio-temporal diffusion over clips of a moving shape
+
+
+def _moving_shapes(n, frames, size, g):
+    """(n, 1, frames, size, size) in [-1, 1]: a square or a disc moving in a straight line, bouncing."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    out = torch.full((n, 1, frames, size, size), -1.0)
+    r = size / 6
+    for i in range(n):
+        p = torch.rand(2, generator=g) * (size - 2 * r - 2) + r + 1
+        ang = float(torch.rand(1, generator=g)) * 2 * math.pi
+        v = torch.tensor([math.cos(ang), math.sin(ang)]) * (size / 10)
+        disc = bool(torch.rand(1, generator=g) < 0.5)
+        for t in range(frames):
+            if disc:
+                m = ((xx - p[0]) ** 2 + (yy - p[1]) ** 2) <= r * r
+            else:
+                m = ((xx - p[0]).abs() <= r) & ((yy - p[1]).abs() <= r)
+            out[i, 0, t][m] = 1.0
+            p = p + v
+            for d in range(2):  # bounce off the walls
+                if p[d] < r or p[d] > size - 1 - r:
+                    v[d] = -v[d]
+                    p[d] = p[d].clamp(r, size - 1 - r)
+    return out
+
+
+@demo("video", ["DiffusionModel", "UNet"], "3-D UNet diffusion over (T, H, W) clips of a moving square or disc")
+def _video(ctx):
+    frames, size = (4, 8) if ctx.quick else (8, 16)
+    n = 16 if ctx.quick else 384
+    clips = _moving_shapes(n, frames, size, ctx.generator(20))
+    den = _models.UNet(1, base_channels=8 if ctx.quick else 16, channel_mults=(1, 2), num_groups=4, dims=3)
+    model = _models.DiffusionModel(den)
+    epochs = 1 if ctx.quick else 25
+    model.fit(clips, epochs=epochs, batch_size=32, lr=2e-3, ema=0.99, progress=ctx.progress, generator=ctx.generator(21))
+    k = 2 if ctx.quick else 6
+    s = model.sample(k, sampler="dpmpp_2m", steps=8 if ctx.quick else 25, generator=ctx.generator(22))
+    s01, d01 = ((s[:, 0] + 1) / 2).clamp(0, 1), ((clips[:k, 0] + 1) / 2)
+    from ._plot import strip_figure
+
+    png = ctx.path("video_frames.png")
+    strip_figure(s01, png, "generated clips (rows), frames left to right")
+    files = [png]
+    gif = _gif(s01, ctx.path("video.gif"))
+    if gif:
+        files.append(gif)
+    return DemoResult("video", "Video (3-D UNet diffusion)", "video", d01, s01,
+                      caption=f"{frames} frames of {size}x{size}; {epochs} epochs", files=files)
+
+
+def _gif(clips, path):
+    """An animated GIF of the clips side by side (Pillow, which matplotlib depends on); None without it."""
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    k, t, h, w = clips.shape
+    scale = max(1, 96 // h)
+    frames = []
+    for j in range(t):
+        row = torch.cat([torch.nn.functional.pad(clips[i, j], (1, 1, 1, 1), value=0.5) for i in range(k)], dim=1)
+        img = (row.clamp(0, 1) * 255).to(torch.uint8).numpy()
+        frames.append(Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=150, loop=0)
+    return path
