@@ -1,28 +1,296 @@
-"""Command line: `python -m genengine info [--json]` and `python -m genengine bench [...]`."""
+"""Command line: `python -m genengine COMMAND` or the `genengine` console script.
+
+    genengine info [--json]                       what was built, backends, versions, devices
+    genengine bench [--ops ...] [--quick] [--json FILE] [--plot FILE.png]
+                                                  the benchmark suite (python -m genengine.bench's options);
+                                                  --plot draws the roofline picture of the run
+    genengine bench --plot FILE.png --from RUN.json [RUN.json ...]
+                                                  the picture of saved runs, without running anything
+    genengine demo FAMILY|all|list [--out DIR] [--quick] [--seed N]
+                                                  fit a family on its toy data; DIR/FAMILY.png shows data
+                                                  beside samples; `all` also draws DIR/gallery.png
+    genengine sample MODEL_FILE -n N --out FILE [--seed N]
+                                                  samples of a model saved with model.save(); FILE's
+                                                  extension picks the format: .pt .npy .csv .png
+Options for every command: --quiet (no progress bars or chatter), --json (one JSON document on stdout;
+for bench, --json FILE is the suite's own JSON output). Exit status: 0 on success, 1 when a demo
+fails, 2 for bad arguments.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import time
+
+
+def _common(p):
+    p.add_argument("--quiet", action="store_true", help="no progress bars, only errors (and --json output)")
+    p.add_argument("--json", action="store_true", help="print one machine-readable JSON document")
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="genengine", description="genengine: kernels for generative models",
+                                     epilog="`genengine bench --help` lists the suite's options.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="what was built, available backends, versions, devices")
+    _common(p)
+    sub.add_parser("bench", help="the benchmark suite (options as python -m genengine.bench) and --plot", add_help=False)
+    p = sub.add_parser("demo", help="fit a family on its toy data and draw samples beside the data")
+    p.add_argument("family", help="a family name, 'all' (every family and the gallery) or 'list'")
+    p.add_argument("--out", default="genengine-demo", help="directory for the pictures (default: ./genengine-demo)")
+    p.add_argument("--quick", action="store_true", help="tiny data and a few steps (a smoke test, not a picture to keep)")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p = sub.add_parser("sample", help="draw samples from a model file written by model.save()")
+    p.add_argument("model_file")
+    p.add_argument("-n", type=int, required=True, help="number of samples")
+    p.add_argument("--out", required=True, help="output file: .pt (tensor), .npy, .csv (2-D samples) or .png (picture)")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    return parser
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="genengine", description="genengine: kernels for generative models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_info = sub.add_parser("info", help="what was built, available backends, versions, devices")
-    p_info.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.add_parser("bench", help="the benchmark suite (same options as python -m genengine.bench)", add_help=False)
+    lead = []  # --quiet / --json given before the command apply to it
+    while argv and argv[0] in ("--quiet", "--json"):
+        lead.append(argv.pop(0))
     if argv[:1] == ["bench"]:
-        from .bench.__main__ import main as bench_main
-
-        return bench_main(argv[1:])
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        from ._info import info
-
-        report = info(verbose=not args.json)
-        if args.json:
-            print(json.dumps(report, indent=2, default=str))
+        return _bench(argv[1:], quiet="--quiet" in lead)
+    parser = _parser()
+    args = parser.parse_args(argv[:1] + lead + argv[1:])
+    try:
+        if args.command == "info":
+            return _info(args)
+        if args.command == "demo":
+            return _demo(args, parser)
+        if args.command == "sample":
+            return _sample(args, parser)
+    except BrokenPipeError:
+        return 0
     return 0
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _info(args):
+    from ._info import info
+
+    report = info(verbose=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _bench(argv, quiet=False):
+    """Forwards to the suite; --plot FILE.png draws its JSON, --from JSON... draws saved runs instead."""
+    plot, sources, rest = None, [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--quiet":
+            quiet = True
+        elif a == "--plot" or a.startswith("--plot="):
+            if a == "--plot":
+                if i + 1 >= len(argv):
+                    print("genengine bench: --plot needs a file name (e.g. --plot roofline.png)", file=sys.stderr)
+                    return 2
+                i += 1
+                plot = argv[i]
+            else:
+                plot = a.split("=", 1)[1]
+        elif a == "--from":
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                sources.append(argv[i])
+                i += 1
+            continue
+        else:
+            rest.append(a)
+        i += 1
+    if sources and plot is None:
+        print("genengine bench: --from draws saved runs; give the picture's name with --plot FILE.png", file=sys.stderr)
+        return 2
+    from .bench.roofline import load_runs, plot_roofline
+
+    if sources:
+        if rest:
+            print(f"genengine bench: --from draws saved runs and runs nothing; unexpected {' '.join(rest)}", file=sys.stderr)
+            return 2
+        try:
+            docs = load_runs(sources)
+        except (OSError, ValueError) as e:
+            print(f"genengine bench: {e}", file=sys.stderr)
+            return 2
+        n = plot_roofline(docs, plot)
+        if not quiet:
+            print(f"wrote {plot} ({n} rows from {len(sources)} run(s))")
+        return 0
+    from .bench.__main__ import main as bench_main
+
+    tmp = None
+    if plot is not None and "--json" not in rest and not any(r.startswith("--json=") for r in rest):
+        fd, tmp = tempfile.mkstemp(suffix=".json", prefix="genengine-bench-")
+        os.close(fd)
+        rest += ["--json", tmp]
+    try:
+        rc = bench_main(rest)
+        if plot is not None and rc == 0:
+            src = tmp or _json_arg(rest)
+            n = plot_roofline(load_runs([src]), plot)
+            if not quiet:
+                print(f"wrote {plot} ({n} rows)")
+        return rc
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _json_arg(rest):
+    for i, a in enumerate(rest):
+        if a == "--json":
+            return rest[i + 1]
+        if a.startswith("--json="):
+            return a.split("=", 1)[1]
+    raise ValueError("no --json FILE")
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _demo(args, parser):
+    from . import demos
+
+    say = (lambda *a: None) if (args.quiet or args.json) else (lambda *a: print(*a, flush=True))
+    if args.family == "list":
+        rows = {n: {"description": d, "needs": list(needs), "missing": demos.missing_models(n)}
+                for n, (_, needs, d) in demos.DEMOS.items()}
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            for n, r in rows.items():
+                state = "ready" if not r["missing"] else f"not in this build (needs genengine.models.{r['missing'][0]})"
+                print(f"{n:16s} {state:50s} {r['description']}")
+        return 0
+    if args.family != "all" and args.family not in demos.DEMOS:
+        parser.error(f"demo: unknown family {args.family!r}; expected one of: {', '.join(demos.DEMOS)}, all, list")
+    try:
+        from ._plot import matplotlib_pyplot
+
+        matplotlib_pyplot()
+    except ImportError as e:
+        print(f"genengine demo: {e}", file=sys.stderr)
+        return 2
+    progress = not (args.quiet or args.json)
+    t0 = time.perf_counter()
+    if args.family == "all":
+        results, skipped, failed = demos.run_all(args.out, quick=args.quick, progress=progress, seed=args.seed, log=say)
+        gallery = os.path.join(args.out, "gallery.png")
+        say(f"wrote {gallery}: {len(results)} families in {time.perf_counter() - t0:.0f} s"
+            + (f"; not in this build: {', '.join(skipped)}" if skipped else ""))
+        if args.json:
+            print(json.dumps({"gallery": gallery, "seconds": round(time.perf_counter() - t0, 2),
+                              "results": [r.summary() for r in results], "skipped": skipped, "failed": failed}, indent=2))
+        for name, err in failed.items():
+            print(f"genengine demo: {name} failed: {err}", file=sys.stderr)
+        return 1 if failed else 0
+    try:
+        r = demos.run(args.family, args.out, quick=args.quick, progress=progress, seed=args.seed)
+    except LookupError as e:
+        if args.json:
+            print(json.dumps({"name": args.family, "skipped": str(e)}))
+        else:
+            print(f"genengine demo: {e}", file=sys.stderr)
+        return 2
+    say(f"demo {r.name}: {r.seconds:.1f} s -> {', '.join(r.files)}")
+    if args.json:
+        print(json.dumps(r.summary(), indent=2))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _sample(args, parser):
+    import torch
+
+    from .models import ModelFileError, load
+
+    if args.n <= 0:
+        parser.error(f"sample: -n must be a positive number of samples, got {args.n}")
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in (".pt", ".npy", ".csv", ".png"):
+        parser.error(f"sample: --out {args.out!r}: expected a .pt, .npy, .csv or .png file name")
+    try:
+        model = load(args.model_file)
+    except FileNotFoundError as e:
+        print(f"genengine sample: {e}", file=sys.stderr)
+        return 2
+    except ModelFileError as e:
+        print(f"genengine sample: {e}", file=sys.stderr)
+        return 2
+    except TypeError as e:  # built with networks that the file does not store
+        print(f"genengine sample: {e} (the command line cannot rebuild networks; load the model in Python)", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        s = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    if isinstance(s, (tuple, list)):  # families that also return labels or states: the samples come first
+        s = s[0]
+    if not isinstance(s, torch.Tensor):
+        print(f"genengine sample: {type(model).__name__}.sample returned a {type(s).__name__}, not a tensor", file=sys.stderr)
+        return 2
+    s = s.detach().cpu()
+    _write_samples(s, args.out, ext, type(model).__name__)
+    info = {"model": type(model).__name__, "file": args.model_file, "n": args.n, "shape": list(s.shape),
+            "dtype": str(s.dtype).replace("torch.", ""), "out": args.out, "seconds": round(time.perf_counter() - t0, 3)}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    elif not args.quiet:
+        print(f"wrote {args.out}: {args.n} samples of shape {tuple(s.shape[1:])} from {info['model']}")
+    return 0
+
+
+def _write_samples(s, path, ext, title):
+    import torch
+
+    if ext == ".pt":
+        torch.save(s, path)
+    elif ext == ".npy":
+        import numpy as np
+
+        np.save(path, s.numpy())
+    elif ext == ".csv":
+        flat = s.reshape(s.shape[0], -1) if s.dim() != 1 else s[:, None]
+        with open(path, "w") as f:
+            for row in flat.tolist():
+                f.write(",".join(repr(v) for v in row) + "\n")
+    else:
+        from ._plot import matplotlib_pyplot
+
+        plt = matplotlib_pyplot()
+        fig, ax = plt.subplots(figsize=(5, 5))
+        x = s.float()
+        if x.dim() == 2 and x.shape[1] == 2:
+            ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.6)
+            ax.set_aspect("equal", adjustable="datalim")
+        elif x.dim() in (3, 4):
+            from ._plot import _grid
+
+            lo, hi = float(x.min()), float(x.max())
+            ax.imshow(_grid((x - lo) / max(hi - lo, 1e-12), n=min(64, x.shape[0])), cmap="gray", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            flat = x.reshape(x.shape[0], -1)
+            for row in flat[:8]:
+                ax.plot(row.numpy(), lw=0.8)
+        ax.set_title(f"{s.shape[0]} samples from {title}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)

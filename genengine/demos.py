@@ -145,12 +145,12 @@ _RING_LIMITS = ((-2.8, 2.8), (-2.8, 2.8))
 
 @demo("diffusion", ["DiffusionModel", "MLPDenoiser"], "DDPM-trained MLP denoiser on a ring of 8 Gaussians, DPM-Solver++ sampling")
 def _diffusion(ctx):
-    n = 512 if ctx.quick else 4000
+    n = 512 if ctx.quick else 2000
     x, _ = _ring(ctx, n)
     den = _models.MLPDenoiser(2, hidden=64 if ctx.quick else 128, depth=2 if ctx.quick else 3)
     model = _models.DiffusionModel(den)
-    epochs = 2 if ctx.quick else 60
-    model.fit(x, epochs=epochs, batch_size=256, lr=3e-3, ema=0.99, progress=ctx.progress, generator=ctx.generator(1))
+    epochs = 2 if ctx.quick else 150  # 1200 steps: about 12 s on one core
+    model.fit(x, epochs=epochs, batch_size=256, lr=5e-3, ema=0.99, progress=ctx.progress, generator=ctx.generator(1))
     s = model.sample(n if not ctx.quick else 256, sampler="dpmpp_2m", steps=10 if ctx.quick else 25,
                      generator=ctx.generator(2))
     return DemoResult("diffusion", "Diffusion (MLP denoiser)", "points", x, s,
@@ -338,3 +338,165 @@ def _gif(clips, path):
         frames.append(Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST))
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=150, loop=0)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# the other families: each demo runs only when its model class is in the build
+
+
+def _two_moons(ctx, n, salt=0):
+    from . import data
+
+    return data.two_moons(n, noise=0.06, generator=ctx.generator(salt))
+
+
+def _checker(ctx, n, salt=0):
+    from . import data
+
+    return data.checkerboard(n, generator=ctx.generator(salt))
+
+
+_MOON_LIMITS = ((-1.4, 2.4), (-1.0, 1.5))
+_CHECK_LIMITS = ((-2.3, 2.3), (-2.3, 2.3))
+
+
+def _points(name, title, data, samples, caption, limits):
+    return DemoResult(name, title, "points", data, samples.detach().float().cpu(), caption=caption, extra={"limits": limits})
+
+
+def _flow_demo(ctx, cls_name, title, data_fn, limits, epochs, **kw):
+    n = 512 if ctx.quick else 3000
+    x, _ = data_fn(ctx, n)
+    model = getattr(_models, cls_name)(2, **kw)
+    ep = 1 if ctx.quick else epochs
+    model.fit(x, epochs=ep, batch_size=256, lr=3e-3, progress=ctx.progress, generator=ctx.generator(1))
+    s = model.sample(n, generator=ctx.generator(2))
+    return _points(cls_name.lower(), title, x, s, f"{ep} epochs of maximum likelihood", limits)
+
+
+@demo("realnvp", ["RealNVP"], "RealNVP (affine couplings) on two moons")
+def _realnvp(ctx):
+    return _flow_demo(ctx, "RealNVP", "RealNVP", _two_moons, _MOON_LIMITS, 40, layers=6, hidden=64)
+
+
+@demo("spline_flow", ["NeuralSplineFlow"], "neural spline flow (rational-quadratic couplings) on a checkerboard")
+def _spline(ctx):
+    r = _flow_demo(ctx, "NeuralSplineFlow", "Neural spline flow", _checker, _CHECK_LIMITS, 40, layers=4, hidden=64)
+    r.name = "spline_flow"
+    return r
+
+
+@demo("maf", ["MAF"], "masked autoregressive flow on a ring of Gaussians")
+def _maf(ctx):
+    return _flow_demo(ctx, "MAF", "MAF", lambda c, n: _ring(c, n), _RING_LIMITS, 40, layers=5, hidden=64)
+
+
+def _shape_images(n, size, g):
+    """(n, size, size) binary images in {0, 1}: one of a horizontal bar, a vertical bar, a square
+    outline, a plus or a diagonal, at a random position (the toy images of the image families)."""
+    out = torch.zeros(n, size, size)
+    kinds = torch.randint(0, 5, (n,), generator=g)
+    for i in range(n):
+        k = int(kinds[i])
+        a, b = (int(v) for v in torch.randint(1, size - 5, (2,), generator=g))
+        if k == 0:
+            out[i, a: a + 2, 1: size - 1] = 1
+        elif k == 1:
+            out[i, 1: size - 1, b: b + 2] = 1
+        elif k == 2:
+            out[i, a: a + 5, b: b + 5] = 1
+            out[i, a + 1: a + 4, b + 1: b + 4] = 0
+        elif k == 3:
+            out[i, a + 2, b: b + 5] = 1
+            out[i, a: a + 5, b + 2] = 1
+        else:
+            j = torch.arange(size - 2)
+            out[i, j + 1, j + 1] = 1
+            out[i, j[:-1] + 2, j[:-1] + 1] = 1
+    return out
+
+
+@demo("glow", ["Glow"], "Glow (ActNorm, invertible 1x1 convolutions, couplings) on 8x8 shape images")
+def _glow(ctx):
+    n = 128 if ctx.quick else 2000
+    imgs = _shape_images(n, 8, ctx.generator(30))
+    g = ctx.generator(31)
+    x = (imgs * 0.9 + 0.05 + 0.05 * torch.rand(imgs.shape, generator=g))[:, None]  # dequantised, (N, 1, 8, 8)
+    model = _models.Glow((1, 8, 8), levels=2, steps=2 if ctx.quick else 4, hidden=32 if ctx.quick else 64)
+    ep = 1 if ctx.quick else 30
+    model.fit(x, epochs=ep, batch_size=128, lr=2e-3, progress=ctx.progress, generator=ctx.generator(32))
+    s = model.sample(16, generator=ctx.generator(33)).reshape(16, 8, 8).clamp(0, 1)
+    return DemoResult("glow", "Glow", "images", x[:16, 0], s, caption=f"{ep} epochs; shapes on 8x8")
+
+
+@demo("naive_bayes", ["GaussianNB"], "Gaussian naive Bayes (one axis-aligned Gaussian per class) on a labelled ring")
+def _gnb(ctx):
+    n = 512 if ctx.quick else 3000
+    x, y = _ring(ctx, n)
+    model = _models.GaussianNB().fit(x, y, progress=ctx.progress)
+    s = model.sample(n, generator=ctx.generator(2))
+    return _points("naive_bayes", "Gaussian naive Bayes", x, s, "class-conditional Gaussians, exact fit", _RING_LIMITS)
+
+
+@demo("gmm", ["GaussianMixture"], "Gaussian mixture (EM) on two moons")
+def _gmm(ctx):
+    n = 512 if ctx.quick else 3000
+    x, _ = _two_moons(ctx, n)
+    model = _models.GaussianMixture(12 if not ctx.quick else 4)
+    model.fit(x, progress=ctx.progress)
+    s = model.sample(n, generator=ctx.generator(2))
+    return _points("gmm", "Gaussian mixture", x, s, "12 full-covariance components, EM", _MOON_LIMITS)
+
+
+def _regime_sequences(n, length, g):
+    """(n, length, 1) float: a 3-state Markov chain (sticky transitions) emitting N(mean_state, 0.3^2)."""
+    means = torch.tensor([-2.0, 0.0, 2.5])
+    trans = torch.tensor([[0.92, 0.06, 0.02], [0.05, 0.9, 0.05], [0.03, 0.07, 0.9]])
+    out = torch.empty(n, length, 1)
+    for i in range(n):
+        s = int(torch.randint(0, 3, (1,), generator=g))
+        for t in range(length):
+            out[i, t, 0] = means[s] + 0.3 * torch.randn(1, generator=g)
+            s = int(torch.multinomial(trans[s], 1, generator=g))
+    return out
+
+
+@demo("hmm", ["HMM"], "Gaussian HMM (Baum-Welch) on sequences of a sticky 3-state chain")
+def _hmm(ctx):
+    n, length = (8, 40) if ctx.quick else (64, 120)
+    x = _regime_sequences(n, length, ctx.generator(40))
+    model = _models.HMM(3, emission="gaussian", covariance_type="diag")
+    model.fit(x, n_iter=5 if ctx.quick else 50, progress=ctx.progress)
+    s = model.sample(4, length=length, generator=ctx.generator(41))
+    if isinstance(s, (tuple, list)):
+        s = s[0]
+    return DemoResult("hmm", "Hidden Markov model", "sequences", x[:4, :, 0], s[:, :, 0].float(),
+                      caption="3 Gaussian states, Baum-Welch", extra={"offset": 7.0})
+
+
+def _tilted(ctx, n):
+    """A tilted, elongated 2-D Gaussian cloud plus a little isotropic noise (one latent direction)."""
+    g = ctx.generator(50)
+    z = torch.randn(n, 1, generator=g)
+    w = torch.tensor([[1.6, 0.9]])
+    return z @ w + 0.25 * torch.randn(n, 2, generator=g) + torch.tensor([0.3, -0.2])
+
+
+_TILT_LIMITS = ((-5, 5), (-3.5, 3.5))
+
+
+@demo("ppca", ["PPCA"], "probabilistic PCA (EM) with one latent on a tilted Gaussian cloud")
+def _ppca(ctx):
+    x = _tilted(ctx, 512 if ctx.quick else 3000)
+    model = _models.PPCA(1).fit(x, progress=ctx.progress)
+    return _points("ppca", "Probabilistic PCA", x, model.sample(x.shape[0], generator=ctx.generator(2)),
+                   "1 latent dimension, EM", _TILT_LIMITS)
+
+
+@demo("factor_analysis", ["FactorAnalysis"], "factor analysis (EM) with one factor on a tilted Gaussian cloud")
+def _fa(ctx):
+    x = _tilted(ctx, 512 if ctx.quick else 3000)
+    x = x * torch.tensor([1.0, 0.6])  # unequal noise per feature: what factor analysis models
+    model = _models.FactorAnalysis(1).fit(x, progress=ctx.progress)
+    return _points("factor_analysis", "Factor analysis", x, model.sample(x.shape[0], generator=ctx.generator(2)),
+                   "1 factor, per-feature noise, EM", _TILT_LIMITS)

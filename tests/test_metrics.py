@@ -7,13 +7,12 @@ import random
 
 import numpy as np
 import pytest
+import scipy.linalg as scipy_linalg  # the test extra has scipy
 import torch
 from torch.nn import functional as F
 
 import genengine as ge
 from genengine import metrics as M
-
-scipy_linalg = pytest.importorskip("scipy.linalg")
 
 
 def _rand_cov(d, n, gen, scale=None):

@@ -78,7 +78,7 @@ def _copy_curve(doc):
         for r in (res.get("rows", []) if isinstance(res, dict) else []):
             b = r.get("bytes_moved")
             g = r.get("copy_GB_per_s_at_bytes")
-            if g is None and r.get("pct_of_copy") and r.get("GB_per_s") and "pct_of_copy" in r and "copy_GB_per_s_at_bytes" not in r:
+            if g is None and r.get("pct_of_copy") and r.get("GB_per_s") and "copy_GB_per_s_at_bytes" not in r:
                 g = r["GB_per_s"] * 100.0 / r["pct_of_copy"]
             if b and g:
                 best[b] = max(best.get(b, 0.0), g)
