@@ -86,3 +86,112 @@ def checkerboard(n: int, *, generator=None):
     corner = torch.stack([col, row], dim=1).float() - 2.0
     x = corner + torch.rand(n, 2, generator=generator, device=device)
     return x, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# text: a small English-like corpus generated from templates, and a character tokenizer
+
+_NOUNS = ("cat", "dog", "bird", "child", "farmer", "teacher", "river", "garden", "house", "king", "queen", "baker",
+          "sailor", "horse", "village", "forest", "mountain", "window", "letter", "story", "song", "ship", "road",
+          "market", "friend", "doctor", "painter", "lamp", "clock", "bridge")
+_ADJECTIVES = ("small", "old", "quiet", "bright", "happy", "tired", "green", "cold", "warm", "gentle", "busy", "little",
+               "golden", "dark", "clever", "brave", "young", "strange", "empty", "tall")
+_VERBS = (("sees", "saw"), ("finds", "found"), ("likes", "liked"), ("follows", "followed"), ("paints", "painted"),
+          ("watches", "watched"), ("helps", "helped"), ("visits", "visited"), ("remembers", "remembered"),
+          ("carries", "carried"), ("calls", "called"), ("builds", "built"))
+_INTRANSITIVE = (("sleeps", "slept"), ("sings", "sang"), ("waits", "waited"), ("walks", "walked"), ("laughs", "laughed"),
+                 ("rests", "rested"), ("works", "worked"), ("dreams", "dreamed"))
+_PLACES = ("by the river", "in the garden", "near the old bridge", "at the market", "under the tall trees",
+           "on the quiet road", "in the village", "behind the house", "across the green field", "at the window")
+_TIMES = ("in the morning", "at night", "every day", "after the rain", "before dinner", "in the spring",
+          "on a cold day", "at noon", "in the evening", "once a week")
+_CONNECTORS = ("and then", "but", "so", "because", "while", "and")
+
+
+def _np(rng):
+    """A noun phrase: "the (adjective) noun"."""
+    noun = rng.choice(_NOUNS)
+    if rng.random() < 0.6:
+        return f"the {rng.choice(_ADJECTIVES)} {noun}"
+    return f"the {noun}"
+
+
+def _clause(rng, past):
+    t = 1 if past else 0
+    if rng.random() < 0.6:
+        s = f"{_np(rng)} {rng.choice(_VERBS)[t]} {_np(rng)}"
+    else:
+        s = f"{_np(rng)} {rng.choice(_INTRANSITIVE)[t]}"
+    r = rng.random()
+    if r < 0.35:
+        s += " " + rng.choice(_PLACES)
+    elif r < 0.6:
+        s += " " + rng.choice(_TIMES)
+    return s
+
+
+def tiny_corpus(n_chars: int = 40_000, *, seed: int = 0) -> str:
+    """About n_chars characters of English-like text from templates (lower case, sentences with
+    subjects, verbs, objects, places and times, joined into short paragraphs). Deterministic: the
+    same seed gives the same text. A small, regular corpus for character-level language models."""
+    import random
+
+    n_chars = positive_int("n_chars", n_chars)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
+    rng = random.Random(int(seed))
+    out, size = [], 0
+    while size < n_chars:
+        para = []
+        for _ in range(rng.randint(2, 5)):
+            past = rng.random() < 0.5
+            s = _clause(rng, past)
+            if rng.random() < 0.4:
+                s += f" {rng.choice(_CONNECTORS)} {_clause(rng, past)}"
+            para.append(s[0].upper() + s[1:] + ("." if rng.random() < 0.9 else "!"))
+        text = " ".join(para) + "\n"
+        out.append(text)
+        size += len(text)
+    return "".join(out)[:n_chars]
+
+
+class CharTokenizer:
+    """Characters <-> token ids: ids are the positions of the characters in `alphabet` (sorted).
+
+        tok = ge.data.CharTokenizer.from_text(text)
+        ids = tok.encode("the cat")          # int64 [7]
+        tok.decode(ids)                      # "the cat"
+    """
+
+    def __init__(self, alphabet: str):
+        if not isinstance(alphabet, str) or not alphabet:
+            raise ValueError("alphabet: expected a non-empty string of characters")
+        if len(set(alphabet)) != len(alphabet):
+            raise ValueError("alphabet: characters must be distinct")
+        self.alphabet = alphabet
+        self._index = {c: i for i, c in enumerate(alphabet)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        if not isinstance(text, str) or not text:
+            raise ValueError("text: expected a non-empty string")
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet)
+
+    def encode(self, text: str) -> torch.Tensor:
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected a str, got {type(text).__name__}")
+        try:
+            return torch.tensor([self._index[c] for c in text], dtype=torch.int64)
+        except KeyError as e:
+            raise ValueError(f"text: character {e.args[0]!r} is not in the tokenizer's alphabet") from None
+
+    def decode(self, ids) -> str:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        return "".join(self.alphabet[i] for i in ids if 0 <= i < len(self.alphabet))
+
+
+__all__ += ["tiny_corpus", "CharTokenizer"]

@@ -392,6 +392,12 @@ void sample_row(const SampleArgs& a, int64_t b) {
 
 void sample_tokens(const SampleArgs& a) {
   if (a.batch <= 0 || a.vocab <= 0) return;
+  // small batches run on the calling thread: waking the pool costs more than such rows take (and on a
+  // loaded machine a descheduled worker can hold the caller for a whole time slice)
+  if (a.batch * a.vocab < (int64_t(1) << 16)) {
+    for (int64_t b = 0; b < a.batch; ++b) sample_row(a, b);
+    return;
+  }
   parallel_chunks(a.batch, [&](int64_t b) { sample_row(a, b); });
 }
 

@@ -15,3 +15,6 @@ from .rbm import DBN, RBM, BoltzmannMachine
 
 __all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionModel", "UNet", "MLPDenoiser", "HMM", "RBM",
            "DBN", "BoltzmannMachine", "EBM"]
+from .transformer import TransformerLM  # noqa: E402
+
+__all__ += ["TransformerLM"]
