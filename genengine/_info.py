@@ -26,6 +26,9 @@ OPS = {
     "langevin_step": ("torch", "cpp", "triton", "cuda"),
     "sample_tokens": ("torch", "cpp", "triton"),
     "hmm_forward / hmm_posteriors / hmm_viterbi": ("torch", "cpp", "triton"),
+    "gaussian_nb_log_likelihood / bernoulli_nb_log_likelihood / multinomial_nb_log_likelihood": ("torch", "cpp", "triton"),
+    "nb_class_stats": ("torch", "cpp"),
+    "gmm_e_step": ("torch", "cpp", "triton"),
 }
 
 

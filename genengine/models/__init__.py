@@ -11,6 +11,8 @@ from .denoisers import MLPDenoiser, UNet
 from .diffusion import DiffusionModel
 from .ebm import EBM
 from .hmm import HMM
+from .mixture import GaussianMixture
+from .naive_bayes import BernoulliNB, GaussianNB, MultinomialNB
 from .rbm import DBN, RBM, BoltzmannMachine
 
 __all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionModel", "UNet", "MLPDenoiser", "HMM", "RBM",
@@ -18,3 +20,4 @@ __all__ = ["GenerativeModel", "ModelFileError", "available", "load", "DiffusionM
 from .transformer import TransformerLM  # noqa: E402
 
 __all__ += ["TransformerLM"]
+__all__ += ["GaussianNB", "MultinomialNB", "BernoulliNB", "GaussianMixture"]

@@ -73,6 +73,12 @@ class DiffusionModel(GenerativeModel):
             raise TypeError(f"denoiser: expected a torch.nn.Module called as denoiser(x, t, cond), got {type(denoiser).__name__}")
         if schedule is None:
             schedule = _diffusion().NoiseSchedule.linear(1000)
+        elif isinstance(schedule, dict):  # the plain-data form get_config() saves (see there)
+            try:
+                schedule = _diffusion().NoiseSchedule(schedule["betas"], kind=schedule.get("kind", "custom"),
+                                                      alphas_cumprod=schedule["alphas_cumprod"])
+            except KeyError as e:
+                raise ValueError(f"schedule: a dict schedule needs 'betas' and 'alphas_cumprod' (missing {e})") from None
         for attr in ("betas", "alphas_cumprod", "num_train_timesteps"):
             if not hasattr(schedule, attr):
                 raise TypeError(f"schedule: expected a genengine.diffusion.NoiseSchedule (no .{attr} on {type(schedule).__name__})")
@@ -104,6 +110,17 @@ class DiffusionModel(GenerativeModel):
         self._has_shape = False
         if sample_shape is not None:
             self._set_sample_shape(self._shape_arg("sample_shape", sample_shape))
+
+    def get_config(self) -> dict:
+        """The constructor arguments; the schedule as plain data (its float64 betas and alphas_cumprod,
+        both exactly as the samplers use them), so save() can store it and load() rebuilds the identical
+        schedule (bit-identical samples)."""
+        cfg = super().get_config()
+        s = cfg.get("schedule")
+        if s is not None and not isinstance(s, dict):
+            cfg["schedule"] = {"betas": s.betas.detach().cpu().clone(), "alphas_cumprod": s.alphas_cumprod.detach().cpu().clone(),
+                               "kind": str(getattr(s, "kind", "custom"))}
+        return cfg
 
     # ------------------------------------------------------------------------------------------
     # sample shape (a buffer of variable length, so it rides in the state dict)

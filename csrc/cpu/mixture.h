@@ -1,0 +1,39 @@
+// CPU kernel of the Gaussian-mixture E-step with the M-step's sufficient statistics (mixture.cpp).
+#pragma once
+#include <cstdint>
+
+namespace ge {
+
+// One pass over x (n, d) row-major (`dtype`: 0 float32, 3 float64; math in float64) for k components:
+//   log p_k(x) + log w_k = cst[k] - 1/2 m_k(x),  m_k = squared Mahalanobis distance, by cov:
+//     0 full:      m_k = |x^T U_k - b_k|^2,  U_k = prec[k] (d, d) upper-triangular Cholesky factor of the
+//                  precision (scikit-learn's precisions_cholesky_), b_k = mu_k^T U_k
+//     1 tied:      the same with one U = prec (d, d) for every component
+//     2 diag:      m_k = sum_i (x_i - b[k, i])^2 prec[k, i]    (b = means, prec = precisions = 1 / var)
+//     3 spherical: m_k = prec[k] sum_i (x_i - b[k, i])^2
+//   log_norm[n] = log sum_k exp(...) (x's dtype; null: not written)
+//   resp (n, k) (x's dtype): resp_mode 1 responsibilities, 2 log responsibilities, 0 not written
+//   statistics (float64, null: not computed): nk[k] = sum_n r, sx (k, d) = sum_n r x,
+//   sxx: full (k, d, d) = sum_n r x x^T (symmetric, both halves written); diag / spherical (k, d) =
+//   sum_n r x*x; tied: not used (the M-step needs only X^T X, which does not depend on r).
+// shift (d) or null: every row is taken as x - shift (the statistics are those of x - shift, and
+// b / means must be given shifted too); fitting shifts by the data mean, so the one-pass second
+// moments do not lose digits to the data's offset.
+// Statistics are summed per fixed chunk of rows and the chunks added in order: deterministic.
+struct GmmArgs {
+  int cov = 0, dtype = 3, resp_mode = 0;
+  int64_t n = 0, d = 0, k = 0;
+  const void* x = nullptr;
+  const double* shift = nullptr;
+  const double* prec = nullptr;
+  const double* b = nullptr;
+  const double* cst = nullptr;
+  void* log_norm = nullptr;
+  void* resp = nullptr;
+  double* nk = nullptr;
+  double* sx = nullptr;
+  double* sxx = nullptr;
+};
+void gmm_e_step(const GmmArgs& a);
+
+}  // namespace ge
