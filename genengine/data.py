@@ -195,3 +195,62 @@ class CharTokenizer:
 
 
 __all__ += ["tiny_corpus", "CharTokenizer"]
+
+
+# ----------------------------------------------------------------------------------------------
+# images: small binary seven-segment digits
+
+# segments a..g of a seven-segment display: top, top right, bottom right, bottom, bottom left, top left, middle
+_SEGMENTS = {0: "abcdef", 1: "bc", 2: "abdeg", 3: "abcdg", 4: "bcfg", 5: "acdfg", 6: "acdefg", 7: "abc", 8: "abcdefg",
+             9: "abcdfg"}
+
+
+def binary_digits(n: int, *, size: int = 12, noise: float = 0.01, generator=None):
+    """(x, labels): n binary images float32 (n, 1, size, size) in {0, 1} of seven-segment digits
+    (int64 labels 0-9), each drawn at a random height, width, stroke (1 or 2 pixels) and position,
+    with each pixel flipped with probability `noise`. size >= 10."""
+    n = positive_int("n", n)
+    size = positive_int("size", size)
+    if size < 10:
+        raise ValueError(f"size: expected at least 10 pixels, got {size}")
+    noise = _nonneg("noise", noise)
+    if noise > 0.5:
+        raise ValueError(f"noise: expected a flip probability <= 0.5, got {noise}")
+    dev = _device(generator)
+
+    def ints(lo, hi):  # uniform integers in [lo, hi] per image
+        return torch.randint(lo, hi + 1, (n,), generator=generator, device=dev)
+
+    labels = ints(0, 9)
+    h = ints(size - 4, size - 2)
+    w = torch.minimum(ints(5, size - 4), h - 2)
+    t = ints(1, 2)
+    top = (torch.rand(n, generator=generator, device=dev) * (size - h + 1).float()).long()
+    left = (torch.rand(n, generator=generator, device=dev) * (size - w + 1).float()).long()
+    r = torch.arange(size, device=dev)[None, :, None]  # rows
+    c = torch.arange(size, device=dev)[None, None, :]  # columns
+
+    def box(r0, r1, c0, c1):  # [n, size, size] inclusive rectangle masks, bounds per image
+        return ((r >= r0[:, None, None]) & (r <= r1[:, None, None]) & (c >= c0[:, None, None]) & (c <= c1[:, None, None]))
+
+    bottom, right = top + h - 1, left + w - 1
+    mid = top + (h - 1) // 2
+    seg = {
+        "a": box(top, top + t - 1, left, right),
+        "d": box(bottom - t + 1, bottom, left, right),
+        "g": box(mid, mid + t - 1, left, right),
+        "f": box(top, mid, left, left + t - 1),
+        "b": box(top, mid, right - t + 1, right),
+        "e": box(mid, bottom, left, left + t - 1),
+        "c": box(mid, bottom, right - t + 1, right),
+    }
+    on = torch.tensor([[s in _SEGMENTS[d] for s in "abcdefg"] for d in range(10)], device=dev)[labels]  # [n, 7]
+    img = torch.zeros(n, size, size, dtype=torch.bool, device=dev)
+    for i, s in enumerate("abcdefg"):
+        img |= seg[s] & on[:, i, None, None]
+    if noise > 0:
+        img ^= torch.rand(n, size, size, generator=generator, device=dev) < noise
+    return img.float()[:, None], labels
+
+
+__all__ += ["binary_digits"]

@@ -21,3 +21,6 @@ from .transformer import TransformerLM  # noqa: E402
 
 __all__ += ["TransformerLM"]
 __all__ += ["GaussianNB", "MultinomialNB", "BernoulliNB", "GaussianMixture"]
+from .pixelcnn import PixelCNN  # noqa: E402
+
+__all__ += ["PixelCNN"]
