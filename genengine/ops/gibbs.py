@@ -198,6 +198,8 @@ def _chain(name, v, W, vbias, hbias, steps, key, beta, beta_rows, gaussian, mask
     batch, nv = v.shape
     nh = W.shape[1]
     dev = v.device
+    if cd == torch.bfloat16 and batch * nv * nh < (1 << 18) and dev.type == "cpu":
+        cd = torch.float32  # tiny products: the CPU's bfloat16 GEMM has a large fixed cost; float32 is exact and faster
     Wc = W.detach().to(cd).contiguous()
     hb = hbias.detach().to(torch.float32).contiguous()
     vb = vbias.detach().to(torch.float32).contiguous()
