@@ -200,7 +200,7 @@ def _demo(args, parser):
             print(f"genengine demo: {name} failed: {err}", file=sys.stderr)
         return 1 if failed else 0
     try:
-        r = demos.run(args.family, args.out, quick=args.quick, progress=progress, seed=args.seed)
+        r = demos.run(args.family, args.out, quick=args.quick, progress=progress, seed=args.seed, alone=True)
     except LookupError as e:
         if args.json:
             print(json.dumps({"name": args.family, "skipped": str(e)}))

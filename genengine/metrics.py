@@ -128,20 +128,32 @@ def _symmetrised(a, block=256):
     return out, asym
 
 
+def _drop_dead(a, b):
+    """(a, b) restricted to the indices where a's diagonal is positive. Features that never vary in
+    `a` (dead units) have zero rows and columns there, so a^1/2 is zero on them and the trace of
+    (a^1/2 b a^1/2)^1/2 only sees the other indices: dropping them is exact."""
+    live = torch.diagonal(a) > 0
+    if bool(live.all()):
+        return a, b
+    idx = live.nonzero().squeeze(1)
+    return a[idx][:, idx], b[idx][:, idx]
+
+
 def _trace_sqrt_product(s1, s2):
     """Tr((S1^1/2 S2 S1^1/2)^1/2) in float64 (see the module docstring)."""
-    for a, b in ((s1, s2), (s2, s1)):
+    for a, b in ((s1, s2), (s2, s1)):  # the trace is symmetric in S1, S2: either factor serves
+        a, b = _drop_dead(a, b)
+        if a.shape[0] == 0:
+            return s1.new_zeros(())
         chol, info = torch.linalg.cholesky_ex(a)
         if int(info) == 0:
-            factor, other = chol, b
+            m = _lower_of_congruence(chol, b)
             break
     else:  # both singular (fewer samples than dimensions): the eigendecomposition's factor
-        w, v = torch.linalg.eigh(s1)
-        factor, other = v * w.clamp_min(0).sqrt(), s2
-    if factor is chol:
-        m = _lower_of_congruence(chol, other)
-    else:
-        m = factor.mT @ (other @ factor)
+        a, b = _drop_dead(s1, s2)
+        w, v = torch.linalg.eigh(a)
+        factor = v * w.clamp_min(0).sqrt()
+        m = factor.mT @ (b @ factor)
     lam = torch.linalg.eigvalsh(m, UPLO="L")  # reads the lower triangle only
     return lam.clamp_min(0).sqrt().sum()
 

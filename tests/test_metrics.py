@@ -73,7 +73,7 @@ def test_frechet_identical_zero_symmetric_positive(gen):
     assert ab > 0 and ab == pytest.approx(ba, rel=1e-9)
 
 
-@pytest.mark.parametrize("case", ["one_singular", "both_singular", "ill_conditioned", "zero"])
+@pytest.mark.parametrize("case", ["one_singular", "both_singular", "ill_conditioned", "zero", "dead", "dead_and_singular"])
 def test_frechet_rank_deficient_and_ill_conditioned(gen, case):
     d = 48
     if case == "one_singular":  # Cholesky of sigma1 fails, of sigma2 succeeds (the swapped route)
@@ -85,6 +85,12 @@ def test_frechet_rank_deficient_and_ill_conditioned(gen, case):
         s1 = (q * torch.logspace(-14, 0, d, dtype=torch.float64)) @ q.T
         s1 = 0.5 * (s1 + s1.T)
         s2 = _rand_cov(d, 3 * d, gen)
+    elif case == "dead":  # features that never vary (zero rows/columns), in different places in each
+        s1, s2 = _rand_cov(d, 200, gen), _rand_cov(d, 200, gen)
+        s1[:7], s1[:, :7], s2[5:9], s2[:, 5:9] = 0, 0, 0, 0
+    elif case == "dead_and_singular":
+        s1, s2 = _rand_cov(d, 20, gen), _rand_cov(d, 25, gen)
+        s1[-3:], s1[:, -3:] = 0, 0
     else:
         s1, s2 = torch.zeros(d, d, dtype=torch.float64), _rand_cov(d, 10, gen)
     mu1, mu2 = torch.zeros(d, dtype=torch.float64), torch.full((d,), 0.01, dtype=torch.float64)
