@@ -503,3 +503,79 @@ def _fa(ctx):
     model = _models.FactorAnalysis(1).fit(x, progress=ctx.progress)
     return _points("factor_analysis", "Factor analysis", x, model.sample(x.shape[0], generator=ctx.generator(2)),
                    "1 factor, per-feature noise, EM", _TILT_LIMITS)
+
+
+# ---- issue 4 and 6 families
+
+
+@demo("transformer_lm", ["TransformerLM"], "character-level transformer LM on a tiny templated English corpus")
+def _lm(ctx):
+    from . import data
+
+    text = data.tiny_corpus(4000 if ctx.quick else 40_000, seed=ctx.seed)
+    tok = data.CharTokenizer.from_text(text)
+    model = _models.TransformerLM(tok.vocab_size, d_model=32 if ctx.quick else 64, n_layers=1 if ctx.quick else 2,
+                                  n_heads=4, n_kv_heads=2, max_seq_len=64)
+    steps = 5 if ctx.quick else 300
+    model.fit(tok.encode(text), steps=steps, batch_size=32, seq_len=48, progress=ctx.progress, generator=ctx.generator(60))
+    ids = model.sample(6, length=40, top_p=0.9, generator=ctx.generator(61))
+    lines = [tok.decode(r).replace("\n", " ") for r in ids]
+    starts = [i for i in range(0, len(text) - 40, len(text) // 7)][:6]
+    real = [text[i:i + 40].replace("\n", " ") for i in starts]
+    return DemoResult("transformer_lm", "Transformer LM (characters)", "text", real, lines,
+                      caption=f"{steps} steps; top-p 0.9 through the decode kernels")
+
+
+def _binary_shapes(ctx, n, size, salt):
+    return _shape_images(n, size, ctx.generator(salt)).reshape(n, -1)
+
+
+@demo("rbm", ["RBM"], "Bernoulli RBM (persistent CD) on 8x8 binary shapes, block-Gibbs sampling")
+def _rbm(ctx):
+    n = 256 if ctx.quick else 2000
+    x = _binary_shapes(ctx, n, 8, 70)
+    model = _models.RBM(64, 16 if ctx.quick else 64)
+    ep = 1 if ctx.quick else 60
+    model.fit(x, epochs=ep, batch_size=50, lr=0.05, k=1, persistent=False, progress=ctx.progress, generator=ctx.generator(71))
+    s = model.sample(16, steps=50 if ctx.quick else 1000, generator=ctx.generator(72), return_mean=True)
+    return DemoResult("rbm", "RBM", "images", x[:16].reshape(16, 8, 8), s.reshape(16, 8, 8).float(),
+                      caption=f"{ep} epochs CD-1; 1000 Gibbs sweeps (mean of the last)")
+
+
+@demo("dbn", ["DBN"], "deep belief network (greedy RBMs 64-64-32) on 8x8 binary shapes")
+def _dbn(ctx):
+    n = 256 if ctx.quick else 2000
+    x = _binary_shapes(ctx, n, 8, 80)
+    model = _models.DBN([64, 16, 8] if ctx.quick else [64, 64, 32])
+    ep = 1 if ctx.quick else 40
+    model.fit(x, epochs=ep, batch_size=50, lr=0.05, k=1, persistent=True, progress=ctx.progress, generator=ctx.generator(81))
+    s = model.sample(16, steps=50 if ctx.quick else 1000, generator=ctx.generator(82), return_mean=True)
+    return DemoResult("dbn", "Deep belief network", "images", x[:16].reshape(16, 8, 8), s.reshape(16, 8, 8).float(),
+                      caption=f"{ep} epochs per layer; top RBM Gibbs, then down")
+
+
+class _EnergyMLP(torch.nn.Module):
+    def __init__(self, hidden=64):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, hidden), torch.nn.SiLU(), torch.nn.Linear(hidden, hidden),
+                                       torch.nn.SiLU(), torch.nn.Linear(hidden, 1))
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+
+@demo("ebm", ["EBM"], "energy-based model (MLP energy, persistent contrastive divergence, Langevin) on two moons")
+def _ebm(ctx):
+    n = 512 if ctx.quick else 2000
+    x, _ = _two_moons(ctx, n)
+    torch.manual_seed(ctx.seed)  # the energy network's initial weights
+    model = _models.EBM(_EnergyMLP(32 if ctx.quick else 64), init_range=(-2.0, 2.5), buffer_size=4000, clamp=(-3.0, 3.0))
+    ep = 1 if ctx.quick else 40
+    model.fit(x, epochs=ep, batch_size=128, lr=2e-3, steps=20, step_size=0.05, alpha=0.05, noise_scale=0.5, progress=ctx.progress,
+              generator=ctx.generator(91))
+    # persistent chains: continue the training's replay buffer (what PCD trains the energy for)
+    # with less noise than exact Langevin (noise_scale < 1), the usual EBM practice: sharper samples
+    s = model.sample(n, steps=100 if not ctx.quick else 10, step_size=0.02, init="buffer", replay_buffer=False,
+                     noise_scale=0.3, generator=ctx.generator(92))
+    return _points("ebm", "Energy-based model", x, s, f"{ep} epochs PCD; 100 Langevin steps (noise x0.3) on its buffer",
+                   _MOON_LIMITS)
