@@ -140,28 +140,62 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
           vm::store4(l + 4 * v, m);
         }
       } else {
+        // 4 row vectors at a time, so each feature's mean and precision are broadcast once per 16 rows
         const double* mu = a.b + c * d;
-        for (int v = 0; v < NV; ++v) {
-          v4d m = v4d{};
+        for (int v = 0; v < NV; v += 4) {
+          v4d m0 = v4d{}, m1 = v4d{}, m2 = v4d{}, m3 = v4d{};
           for (int64_t i = 0; i < d; ++i) {
-            const v4d e = vm::load4(xt + i * TB + 4 * v) - mu[i];
-            if constexpr (COV == 2) m += e * e * a.prec[c * d + i];
-            else m += e * e;
+            const double* xr = xt + i * TB + 4 * v;
+            const v4d mv = vm::splat(mu[i]);
+            const v4d e0 = vm::load4(xr) - mv, e1 = vm::load4(xr + 4) - mv;
+            const v4d e2 = vm::load4(xr + 8) - mv, e3 = vm::load4(xr + 12) - mv;
+            if constexpr (COV == 2) {
+              const v4d pv = vm::splat(a.prec[c * d + i]);
+              m0 += e0 * e0 * pv;
+              m1 += e1 * e1 * pv;
+              m2 += e2 * e2 * pv;
+              m3 += e3 * e3 * pv;
+            } else {
+              m0 += e0 * e0;
+              m1 += e1 * e1;
+              m2 += e2 * e2;
+              m3 += e3 * e3;
+            }
           }
-          if constexpr (COV == 3) m *= a.prec[c];
-          vm::store4(l + 4 * v, m);
+          if constexpr (COV == 3) {
+            const double pc = a.prec[c];
+            m0 *= pc;
+            m1 *= pc;
+            m2 *= pc;
+            m3 *= pc;
+          }
+          vm::store4(l + 4 * v, m0);
+          vm::store4(l + 4 * v + 4, m1);
+          vm::store4(l + 4 * v + 8, m2);
+          vm::store4(l + 4 * v + 12, m3);
         }
       }
       const double cc = a.cst[c];
       for (int v = 0; v < NV; ++v) vm::store4(l + 4 * v, cc - 0.5 * vm::load4(l + 4 * v));
     }
-    // ---- log-sum-exp over components, responsibilities (in place of lp)
-    double lse[TB];
+    // ---- log-sum-exp over components; when responsibilities are wanted, e = exp(lp - max) is kept in
+    // place of lp and r = e / sum e (one exp per (row, component), not two)
+    double lse[TB], inv[TB];
+    const bool need_r = stats || a.resp_mode == 1;
     for (int v = 0; v < NV; ++v) {
       v4d m = vm::splat(-std::numeric_limits<double>::infinity());
       for (int64_t c = 0; c < k; ++c) m = vm::vmax(m, vm::load4(lp + c * TB + 4 * v));
       v4d s = v4d{};
-      for (int64_t c = 0; c < k; ++c) s += vm::vexp(vm::load4(lp + c * TB + 4 * v) - m);
+      if (need_r && a.resp_mode != 2) {
+        for (int64_t c = 0; c < k; ++c) {
+          const v4d e = vm::vexp(vm::load4(lp + c * TB + 4 * v) - m);
+          vm::store4(lp + c * TB + 4 * v, e);
+          s += e;
+        }
+      } else {
+        for (int64_t c = 0; c < k; ++c) s += vm::vexp(vm::load4(lp + c * TB + 4 * v) - m);
+      }
+      vm::store4(inv + 4 * v, 1.0 / s);
       for (int q = 0; q < 4; ++q) lse[4 * v + q] = m[q] + std::log(s[q]);
     }
     T* ln = static_cast<T*>(a.log_norm);
@@ -172,10 +206,14 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
       for (int t = 0; t < rows; ++t)
         for (int64_t c = 0; c < k; ++c) out[t * k + c] = T(lp[c * TB + t] - lse[t]);
     }
-    if (!stats && a.resp_mode != 1) continue;
+    if (!need_r) continue;
     for (int64_t c = 0; c < k; ++c) {
       double* l = lp + c * TB;
-      for (int v = 0; v < NV; ++v) vm::store4(l + 4 * v, vm::vexp(vm::load4(l + 4 * v) - vm::load4(lse + 4 * v)));
+      if (a.resp_mode == 2) {  // lp still holds log-densities (log responsibilities were written)
+        for (int v = 0; v < NV; ++v) vm::store4(l + 4 * v, vm::vexp(vm::load4(l + 4 * v) - vm::load4(lse + 4 * v)));
+      } else {
+        for (int v = 0; v < NV; ++v) vm::store4(l + 4 * v, vm::load4(l + 4 * v) * vm::load4(inv + 4 * v));
+      }
       for (int t = rows; t < TB; ++t) l[t] = 0.0;  // padding rows carry no mass
     }
     if (a.resp_mode == 1) {
@@ -195,6 +233,20 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
       }
       if (vm::hmax(any) == 0.0) continue;  // every responsibility underflowed to 0: nothing to add
       nk[c] += vm::hsum(tot);
+      if constexpr (COV != 0) {  // first and (diagonal) second moments in one sweep
+        for (int64_t i = 0; i < d; ++i) {
+          v4d s1 = v4d{}, s2 = v4d{};
+          for (int v = 0; v < NV; ++v) {
+            const v4d xv = vm::load4(xt + i * TB + 4 * v);
+            const v4d p = vm::load4(rc + 4 * v) * xv;
+            s1 += p;
+            s2 += p * xv;
+          }
+          sx[c * d + i] += vm::hsum(s1);
+          if constexpr (COV >= 2) sxx[c * d + i] += vm::hsum(s2);
+        }
+        continue;
+      }
       for (int64_t i = 0; i < d; ++i) {
         v4d s = v4d{};
         double* rxi = rx + i * TB;
@@ -225,12 +277,6 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
             if (j + 2 < d) o[2] += vm::hsum(s2);
             if (j + 3 < d) o[3] += vm::hsum(s3);
           }
-        }
-      } else if constexpr (COV >= 2) {
-        for (int64_t i = 0; i < d; ++i) {
-          v4d s = v4d{};
-          for (int v = 0; v < NV; ++v) s += vm::load4(rx + i * TB + 4 * v) * vm::load4(xt + i * TB + 4 * v);
-          sxx[c * d + i] += vm::hsum(s);
         }
       }
     }

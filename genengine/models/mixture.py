@@ -393,7 +393,14 @@ class GaussianMixture(GenerativeModel):
             (xtx,) = _distributed.all_reduce_sum(xc.T @ xc)
             del xc
         del xd
-        seed = self.random_state if self.random_state is not None else int(torch.randint(0, 2**62, (1,)))
+        seed = self.random_state
+        if seed is None:  # a fresh seed, the same on every rank
+            t = torch.randint(0, 2**62, (1,))
+            if _distributed.is_distributed():
+                import torch.distributed as dist
+
+                dist.broadcast(t, src=0)
+            seed = int(t)
         seeds = torch.randint(0, 2**62, (self.n_init,), generator=self._generator(seed)).tolist()
         do_init = not (self.warm_start and self._fitted())
         n_init = self.n_init if do_init else 1
