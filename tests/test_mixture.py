@@ -281,3 +281,11 @@ def test_triton_dot_path_matches_reference(ct, gen):
     for got, exp in zip(s, st):
         if exp is not None:
             assert _rel(got, exp) < 1e-4
+
+
+def test_registered_op_passes_opcheck(gen):
+    w, mu, _, pc = _params(gen, 3, 4, "full")
+    x = torch.randn(20, 4, generator=gen, dtype=F64)
+    for backend in ("cpp", "torch"):
+        torch.library.opcheck(mxops._gmm_e_step_op, (x, w, mu, pc, "full", "prob", True, None, backend),
+                              test_utils=("test_schema", "test_faketensor"))

@@ -318,3 +318,11 @@ def test_bad_inputs_raise_clear_errors(gen):
         nbops.gaussian_nb_log_likelihood(x, m.theta_[:, :2], m.var_, m.class_prior_.log())
     with pytest.raises(ValueError, match="output"):
         nbops.gaussian_nb_log_likelihood(x, m.theta_, m.var_, m.class_prior_.log(), output="proba")
+
+
+def test_registered_op_passes_opcheck(gen):
+    x = torch.randn(15, 6, generator=gen, dtype=torch.float64)
+    theta, ivar = torch.randn(3, 6, generator=gen, dtype=torch.float64), torch.rand(3, 6, generator=gen, dtype=torch.float64) + 1
+    cst = torch.randn(3, generator=gen, dtype=torch.float64)
+    torch.library.opcheck(nbops._nb_op, (x, 0, theta, ivar, cst, 2, False, 0.0, None, "cpp"),
+                          test_utils=("test_schema", "test_faketensor"))

@@ -109,7 +109,8 @@ GE_VM_INLINE void tri_apply(const double* xt, const double* upk, int64_t d, doub
 }
 
 template <typename T, int COV>
-GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int64_t r1, double* st, Work& w) {
+GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int64_t r1, double* st, Work& w,
+                            double* ll) {
   const int64_t d = a.d, k = a.k, dp = (d + 3) & ~int64_t(3);
   const int64_t P = d * (d + 1) / 2;
   const bool stats = a.nk != nullptr;
@@ -198,6 +199,7 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
       vm::store4(inv + 4 * v, 1.0 / s);
       for (int q = 0; q < 4; ++q) lse[4 * v + q] = m[q] + std::log(s[q]);
     }
+    for (int t = 0; t < rows; ++t) *ll += lse[t];
     T* ln = static_cast<T*>(a.log_norm);
     if (ln)
       for (int t = 0; t < rows; ++t) ln[r + t] = T(lse[t]);
@@ -284,8 +286,9 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
 }
 
 #define GE_GMM_RUN(T, COV, NAME)                                                                                \
-  GE_MULTIVERSIONED((void NAME(const GmmArgs& a, const double* upk, int64_t r0, int64_t r1, double* st, Work& w)), \
-                    { gmm_chunk<T, COV>(a, upk, r0, r1, st, w); })
+  GE_MULTIVERSIONED((void NAME(const GmmArgs& a, const double* upk, int64_t r0, int64_t r1, double* st, Work& w,  \
+                                double* ll)),                                                               \
+                    { gmm_chunk<T, COV>(a, upk, r0, r1, st, w, ll); })
 GE_GMM_RUN(double, 0, run_d0)
 GE_GMM_RUN(double, 1, run_d1)
 GE_GMM_RUN(double, 2, run_d2)
@@ -295,7 +298,7 @@ GE_GMM_RUN(float, 1, run_f1)
 GE_GMM_RUN(float, 2, run_f2)
 GE_GMM_RUN(float, 3, run_f3)
 
-using RunFn = void (*)(const GmmArgs&, const double*, int64_t, int64_t, double*, Work&);
+using RunFn = void (*)(const GmmArgs&, const double*, int64_t, int64_t, double*, Work&, double*);
 
 }  // namespace
 
@@ -318,7 +321,7 @@ void gmm_e_step(const GmmArgs& a) {
   const int64_t rows_per_chunk = kBlocksPerChunk * TB;
   const int64_t chunks = (a.n + rows_per_chunk - 1) / rows_per_chunk;
   const bool stats = a.nk != nullptr;
-  std::vector<double> part(stats ? size_t(chunks * st_len) : 0, 0.0);
+  std::vector<double> part(stats ? size_t(chunks * st_len) : 0, 0.0), llp(size_t(chunks), 0.0);
   static const RunFn f64[4] = {run_d0, run_d1, run_d2, run_d3};
   static const RunFn f32[4] = {run_f0, run_f1, run_f2, run_f3};
   const RunFn run = (a.dtype == 3 ? f64 : f32)[a.cov];
@@ -337,8 +340,13 @@ void gmm_e_step(const GmmArgs& a) {
       st = scratch.data();
     }
     const int64_t r0 = ci * rows_per_chunk, r1 = std::min(a.n, r0 + rows_per_chunk);
-    run(a, upk.data(), r0, r1, st, w);
+    run(a, upk.data(), r0, r1, st, w, &llp[size_t(ci)]);
   });
+  if (a.ll_sum) {
+    double t = 0.0;
+    for (int64_t ci = 0; ci < chunks; ++ci) t += llp[size_t(ci)];  // chunk order: deterministic
+    *a.ll_sum = t;
+  }
   if (!stats) return;
   std::fill(a.nk, a.nk + k, 0.0);
   std::fill(a.sx, a.sx + k * d, 0.0);

@@ -29,6 +29,7 @@ struct GmmArgs {
   const double* b = nullptr;
   const double* cst = nullptr;
   void* log_norm = nullptr;
+  double* ll_sum = nullptr;  // sum_n log_norm[n] (float64), or null
   void* resp = nullptr;
   double* nk = nullptr;
   double* sx = nullptr;

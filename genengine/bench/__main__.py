@@ -46,7 +46,8 @@ def _csv(s):
 
 def parse(argv):
     p = argparse.ArgumentParser(prog="python -m genengine.bench", description=__doc__.split("\n\n")[1])
-    p.add_argument("--ops", nargs="+", choices=sorted(OPS), default=sorted(OPS), help="op families to time")
+    p.add_argument("--ops", nargs="+", default=sorted(OPS), metavar="OP",
+                   help="op families to time, space- or comma-separated (" + ", ".join(sorted(OPS)) + ")")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="few repeats (a CI smoke run, well under a minute)")
     p.add_argument("--json", metavar="FILE", help="also write the table, ceilings and machine info as JSON")
@@ -54,6 +55,10 @@ def parse(argv):
                    "the torch-textbook reference is always timed")
     p.add_argument("--dtypes", help="comma-separated dtypes (default: float32; on CUDA also bfloat16)")
     args = p.parse_args(argv)
+    args.ops = [o for item in args.ops for o in item.split(",") if o]  # `--ops mixture,naive_bayes` too
+    for name in args.ops:
+        if name not in OPS:
+            p.error(f"--ops: unknown op family {name!r} (expected one of {', '.join(sorted(OPS))})")
     for name in _csv(args.backends) or ():
         if name not in ("torch", "cpp", "triton", "cuda"):
             p.error(f"--backends: unknown backend {name!r} (expected torch, cpp, triton, cuda)")

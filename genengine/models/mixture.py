@@ -156,6 +156,7 @@ class GaussianMixture(GenerativeModel):
         self.register_buffer("_n_iter", torch.zeros((), dtype=torch.int64))
         self.register_buffer("_lower_bound", torch.tensor(-math.inf, dtype=F64))
         self.register_buffer("lower_bounds_", torch.zeros(0, dtype=F64))
+        self._pc_upper = False  # precisions_cholesky_ known upper-triangular (else the op checks)
 
     # ---- attributes ---------------------------------------------------------------------------
     @property
@@ -202,9 +203,9 @@ class GaussianMixture(GenerativeModel):
         return int(cov + k * d + k - 1)
 
     # ---- the E-step and M-step ------------------------------------------------------------------
-    def _e_step(self, x, *, resp=None, stats=True, shift=None):
+    def _e_step(self, x, *, resp=None, stats=True, shift=None, return_sum=False):
         return mxops.gmm_e_step(x, self.weights_, self.means_, self.precisions_cholesky_, self.covariance_type,
-                                resp=resp, stats=stats, shift=shift)
+                                resp=resp, stats=stats, shift=shift, return_sum=return_sum, upper=self._pc_upper or None)
 
     def _params_from_stats(self, nk, sx, sxx, n_total, shift, xtx=None):
         """(weights, means, covariances) from the statistics of x - shift, as scikit-learn's
@@ -236,6 +237,7 @@ class GaussianMixture(GenerativeModel):
                              "number of components, increase reg_covar, or scale the input data.")
         self.covariances_ = cov
         self.precisions_cholesky_ = pc
+        self._pc_upper = True  # as computed here; one from precisions_init is lower-triangular
 
     # ---- initialisation -----------------------------------------------------------------------
     def _generator(self, seed):
@@ -348,6 +350,7 @@ class GaussianMixture(GenerativeModel):
             p = self.precisions_init.to(dev)
             if self.covariance_type in ("full", "tied"):
                 self.precisions_cholesky_ = torch.linalg.cholesky(p)
+                self._pc_upper = False
             else:
                 self.precisions_cholesky_ = p.sqrt()
             self.covariances_ = torch.zeros(0, dtype=F64, device=dev)
@@ -447,8 +450,7 @@ class GaussianMixture(GenerativeModel):
         """One EM iteration (scikit-learn's loop body): the fused E-step with the statistics, one
         all-reduce, the M-step. Returns the lower bound of the E-step (the mean log-likelihood under the
         parameters before this M-step)."""
-        log_norm, _, (nk, sx, sxx) = self._e_step(x, shift=shift)
-        ll = log_norm.to(F64).sum().reshape(1)
+        ll, _, (nk, sx, sxx) = self._e_step(x, shift=shift, return_sum=True)
         if sxx is None:
             sxx = torch.zeros(0, dtype=F64, device=x.device)
         _distributed.all_reduce_sum(nk, sx, sxx, ll)
@@ -462,10 +464,10 @@ class GaussianMixture(GenerativeModel):
         return lower_bound
 
     def _get_parameters(self):
-        return (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+        return (self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self._pc_upper)
 
     def _set_parameters(self, params):
-        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_ = params
+        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_, self._pc_upper = params
 
     def fit_predict(self, x, y=None, **kwargs):
         return self.fit(x, **kwargs).predict(x)

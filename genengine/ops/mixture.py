@@ -77,11 +77,12 @@ def _upper_factor(pc):
     return torch.linalg.solve_triangular(c, eye, upper=False).transpose(-1, -2)
 
 
-def kernel_params(weights, means, prec, cov_type):
-    """(prec, b, cst) as the kernels take them (float64): see csrc/cpu/mixture.h."""
+def kernel_params(weights, means, prec, cov_type, upper=None):
+    """(prec, b, cst) as the kernels take them (float64): see csrc/cpu/mixture.h. upper=True: the caller
+    knows prec is upper-triangular (skips the check)."""
     w, mu, pc = weights.to(F64), means.to(F64), prec.to(F64)
     d = mu.shape[1]
-    if cov_type in ("full", "tied"):
+    if cov_type in ("full", "tied") and not upper:
         pc = _upper_factor(pc)
     if cov_type == "full":
         logdet = torch.log(torch.diagonal(pc, dim1=-2, dim2=-1)).sum(-1)
@@ -99,12 +100,51 @@ def kernel_params(weights, means, prec, cov_type):
     return p.contiguous(), b.contiguous(), cst.contiguous()
 
 
+# ----------------------------------------------------------------------------------------------
+# torch.library registration: what torch.compile traces (the eager path calls the kernel directly)
+
+
+@torch.library.custom_op("genengine::gmm_e_step", mutates_args=())
+def _gmm_e_step_op(x: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, prec: torch.Tensor, covariance_type: str,
+                   resp: str, stats: bool, shift: torch.Tensor | None, backend: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(log_norm, resp or an empty tensor, nk, sx, sxx) with empty tensors for what was not asked."""
+    ln, r, st = _e_step(backend, x, weights, means, prec, covariance_type, None if resp == "none" else resp, stats, shift)
+    e = x.new_empty(0)
+    nk, sx, sxx = st if st is not None else (e.to(F64), e.to(F64), e.to(F64))
+    return ln, (r if r is not None else e), nk, sx, (sxx if sxx is not None else e.to(F64))
+
+
+@_gmm_e_step_op.register_fake
+def _(x, weights, means, prec, covariance_type, resp, stats, shift, backend):
+    n, d = x.shape
+    k = means.shape[0]
+    r = x.new_empty((n, k)) if resp != "none" else x.new_empty(0)
+    if not stats:
+        e = x.new_empty(0, dtype=F64)
+        return x.new_empty(n), r, e, e, e
+    sxx = {"full": (k, d, d), "tied": (0,), "diag": (k, d), "spherical": (k, d)}[covariance_type]
+    return x.new_empty(n), r, x.new_empty(k, dtype=F64), x.new_empty((k, d), dtype=F64), x.new_empty(sxx, dtype=F64)
+
+
 def gmm_e_step(x, weights, means, precisions_cholesky, covariance_type="full", *, resp=None, stats=True, shift=None,
-               backend="auto"):
+               return_sum=False, upper=None, backend="auto"):
     """(log_norm (N,), resp (N, K) or None, (nk, sx, sxx) or None): see the module docstring.
-    shift (D,) float64 or None: the statistics are those of x - shift (means stay in x's frame)."""
+    shift (D,) float64 or None: the statistics are those of x - shift (means stay in x's frame).
+    return_sum: return sum_n log_norm (a float64 (1,) tensor, summed in a fixed order) in place of
+    log_norm, which is then not written (EM needs only the sum). upper=True: precisions_cholesky is
+    known to be upper-triangular (it is after an M-step), which skips a check."""
     _check(x, weights, means, precisions_cholesky, covariance_type, resp)
     name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED)
+    if torch.compiler.is_compiling():
+        ln, r, nk, sx, sxx = _gmm_e_step_op(x, weights, means, precisions_cholesky, covariance_type, resp or "none", stats,
+                                            shift, name)
+        st = (nk, sx, sxx if covariance_type != "tied" else None) if stats else None
+        return (ln.to(F64).sum().reshape(1) if return_sum else ln), (r if resp is not None else None), st
+    return _e_step(name, x, weights, means, precisions_cholesky, covariance_type, resp, stats, shift, return_sum, upper)
+
+
+def _e_step(name, x, weights, means, precisions_cholesky, covariance_type, resp, stats, shift, return_sum=False, upper=None):
     if not x.is_contiguous():
         x = x.contiguous()
     n, d = x.shape
@@ -118,10 +158,11 @@ def gmm_e_step(x, weights, means, precisions_cholesky, covariance_type="full", *
         r = None if resp is None else (log_resp if resp == "log" else log_resp.exp()).to(x.dtype)
         xs = x if shift is None else x.to(F64) - shift
         st = ref.sufficient_stats(xs, log_resp.exp(), covariance_type) if stats else None
-        return log_norm.to(x.dtype), r, st
+        return (log_norm.sum().reshape(1) if return_sum else log_norm.to(x.dtype)), r, st
     mu = means if shift is None else means.to(F64) - shift
-    p, b, cst = kernel_params(weights, mu, precisions_cholesky, covariance_type)
-    log_norm = torch.empty(n, dtype=x.dtype, device=x.device)
+    p, b, cst = kernel_params(weights, mu, precisions_cholesky, covariance_type, upper)
+    ll = torch.zeros(1, dtype=F64) if return_sum and name == "cpp" else None
+    log_norm = torch.empty(n, dtype=x.dtype, device=x.device) if ll is None else None
     r = torch.empty((n, k), dtype=x.dtype, device=x.device) if resp is not None else None
     st = None
     if stats:
@@ -133,7 +174,8 @@ def gmm_e_step(x, weights, means, precisions_cholesky, covariance_type="full", *
             _backends.load_cpp().gmm_e_step(
                 _COV[covariance_type], _DTYPES[x.dtype], _RESP[resp], n, d, k, x.data_ptr(),
                 shift.data_ptr() if shift is not None else 0, p.data_ptr(), b.data_ptr(),
-                cst.data_ptr(), log_norm.data_ptr(), r.data_ptr() if r is not None else 0,
+                cst.data_ptr(), log_norm.data_ptr() if log_norm is not None else 0, ll.data_ptr() if ll is not None else 0,
+                r.data_ptr() if r is not None else 0,
                 st[0].data_ptr() if st else 0, st[1].data_ptr() if st else 0, st[2].data_ptr() if st else 0)
         else:
             sh = shift.to(x.dtype) if shift is not None else None
@@ -141,6 +183,8 @@ def gmm_e_step(x, weights, means, precisions_cholesky, covariance_type="full", *
                                                          cst.to(x.dtype), log_norm, r, _RESP[resp], st)
     if st is not None and covariance_type == "tied":
         st = (st[0], st[1], None)
+    if return_sum:
+        return (ll if ll is not None else log_norm.to(F64).sum().reshape(1)), r, st
     return log_norm, r, st
 
 

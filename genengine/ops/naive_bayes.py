@@ -96,6 +96,24 @@ def _run(name, kind, x, p0, p1, cst, mode, use_threshold, threshold, out=None):
     return out, lse
 
 
+@torch.library.custom_op("genengine::nb_joint_log_likelihood", mutates_args=())
+def _nb_op(x: torch.Tensor, kind: int, p0: torch.Tensor | None, p1: torch.Tensor | None, cst: torch.Tensor, mode: int,
+           use_threshold: bool, threshold: float, jll: torch.Tensor | None, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): what torch.compile traces; the eager path calls _run directly."""
+    return _run(backend, kind, x, p0, p1, cst, mode, use_threshold, threshold, out=jll.clone() if jll is not None else None)
+
+
+@_nb_op.register_fake
+def _(x, kind, p0, p1, cst, mode, use_threshold, threshold, jll, backend):
+    return x.new_empty((x.shape[0], cst.shape[0])), x.new_empty(x.shape[0])
+
+
+def _dispatch(name, kind, x, p0, p1, cst, mode, use_threshold, threshold, out=None):
+    if torch.compiler.is_compiling():
+        return _nb_op(x, kind, p0, p1, cst, mode, use_threshold, threshold, out, name)
+    return _run(name, kind, x, p0, p1, cst, mode, use_threshold, threshold, out=out)
+
+
 def _torch_finish(jll, mode, dtype):
     out, lse = ref.normalize(jll, ("joint", "log_posterior", "posterior")[mode])
     return out.to(dtype), lse.to(dtype)
@@ -114,7 +132,7 @@ def gaussian_nb_log_likelihood(x, theta, var, log_prior, *, output="joint", back
         return _torch_finish(ref.gaussian_jll(x, theta, var, log_prior), mode, x.dtype)
     v = var.to(torch.float64)
     cst = log_prior.to(torch.float64) - 0.5 * torch.log(2 * math.pi * v).sum(1)
-    return _run(name, 0, x, theta, 1.0 / v, cst, mode, False, 0.0)
+    return _dispatch(name, 0, x, theta, 1.0 / v, cst, mode, False, 0.0)
 
 
 def _bernoulli_weights(feature_log_prob, log_prior):
@@ -137,7 +155,7 @@ def bernoulli_nb_log_likelihood(x, feature_log_prob, log_prior, *, binarize=0.0,
     if name == "torch":
         return _torch_finish(ref.bernoulli_jll(x, feature_log_prob, log_prior, binarize), mode, x.dtype)
     w, cst = _bernoulli_weights(feature_log_prob, log_prior)
-    return _run(name, 1, x, w, None, cst, mode, binarize is not None, 0.0 if binarize is None else float(binarize))
+    return _dispatch(name, 1, x, w, None, cst, mode, binarize is not None, 0.0 if binarize is None else float(binarize))
 
 
 def multinomial_nb_log_likelihood(x, feature_log_prob, log_prior, *, output="joint", backend="auto"):
@@ -155,7 +173,7 @@ def multinomial_nb_log_likelihood(x, feature_log_prob, log_prior, *, output="joi
     ct = torch.float64 if name == "cpp" else x.dtype
     xc = x.to(ct)
     jll = torch.addmm(log_prior.to(ct)[None], xc, feature_log_prob.to(ct).T)
-    out, lse = _run(name, 2, xc, None, None, log_prior, mode, False, 0.0, out=jll)
+    out, lse = _dispatch(name, 2, xc, None, None, log_prior, mode, False, 0.0, out=jll)
     return out.to(x.dtype), lse.to(x.dtype)
 
 
