@@ -29,6 +29,7 @@ OPS = {
     "gaussian_nb_log_likelihood / bernoulli_nb_log_likelihood / multinomial_nb_log_likelihood": ("torch", "cpp", "triton"),
     "nb_class_stats": ("torch", "cpp"),
     "gmm_e_step": ("torch", "cpp", "triton"),
+    "reparameterize / reparameterize_kl / gaussian_kl": ("torch", "cpp", "triton"),
 }
 
 

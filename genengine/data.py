@@ -2,9 +2,10 @@
 
     x, labels = ge.data.ring_of_gaussians(2000, generator=torch.Generator().manual_seed(0))
 
-Shapes: every generator returns `(x, labels)` with x a float32 tensor of shape (n, 2) and labels an
+Shapes: every 2-D generator returns `(x, labels)` with x a float32 tensor of shape (n, 2) and labels an
 int64 tensor of shape (n,) naming the component (mode, moon, square) each point came from, so the
-same data serves unconditional and class-conditional models. Draws come from `generator` (a
+same data serves unconditional and class-conditional models. `bars_and_stripes` returns binary
+images (n, size * size) (float32 0/1) with labels 0 (bars) / 1 (stripes). Draws come from `generator` (a
 torch.Generator; the tensors are made on its device), so a seeded generator gives the same data run
 after run; without one, torch's global generator is used.
 """
@@ -18,7 +19,7 @@ import torch
 
 from ._checks import positive_int
 
-__all__ = ["ring_of_gaussians", "ring_centres", "two_moons", "checkerboard"]
+__all__ = ["ring_of_gaussians", "ring_centres", "two_moons", "checkerboard", "bars_and_stripes"]
 
 
 def _nonneg(name, v, positive=False):
@@ -254,3 +255,20 @@ def binary_digits(n: int, *, size: int = 12, noise: float = 0.01, generator=None
 
 
 __all__ += ["binary_digits"]
+
+
+def bars_and_stripes(n: int, *, size: int = 4, generator=None):
+    """n binary size x size images, flattened to (n, size * size) float32 0/1: each is either
+    "bars" (every column on or off, each with probability 1/2) or "stripes" (every row), with
+    probability 1/2 each (labels 0 / 1). Of the 2^(size^2) images only 2^(size + 1) - 2 occur
+    (all-off and all-on are both bars and stripes), a classic test of binary latent-variable models:
+    the data's entropy is about (size + 1) ln 2 nats against size^2 ln 2 for independent pixels."""
+    n = positive_int("n", n)
+    size = positive_int("size", size)
+    device = _device(generator)
+    labels = torch.randint(0, 2, (n,), generator=generator, device=device)
+    on = torch.randint(0, 2, (n, size), generator=generator, device=device).float()
+    bars = on[:, None, :].expand(n, size, size)  # column j on for every row
+    stripes = on[:, :, None].expand(n, size, size)  # row i on for every column
+    x = torch.where(labels[:, None, None] == 0, bars, stripes)
+    return x.reshape(n, size * size).contiguous(), labels

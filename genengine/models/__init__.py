@@ -24,3 +24,8 @@ __all__ += ["GaussianNB", "MultinomialNB", "BernoulliNB", "GaussianMixture"]
 from .pixelcnn import PixelCNN  # noqa: E402
 
 __all__ += ["PixelCNN"]
+from .gan import GAN  # noqa: E402
+from .linear_latent import PPCA, FactorAnalysis  # noqa: E402
+from .vae import VAE  # noqa: E402
+
+__all__ += ["PPCA", "FactorAnalysis", "VAE", "GAN"]

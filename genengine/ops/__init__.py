@@ -15,6 +15,7 @@ from .gibbs import (
 )
 from .group_norm import group_norm_silu
 from .hmm import hmm_forward, hmm_posteriors, hmm_viterbi
+from .latent import gaussian_kl, reparameterize, reparameterize_kl
 from .naive_bayes import bernoulli_nb_log_likelihood, gaussian_nb_log_likelihood, multinomial_nb_log_likelihood, nb_class_stats
 from .rng import draw_key, philox_normal, philox_uniform, philox_words
 from .sampling import sample_tokens
@@ -41,6 +42,9 @@ __all__ = [
     "hmm_forward",
     "hmm_posteriors",
     "hmm_viterbi",
+    "gaussian_kl",
+    "reparameterize",
+    "reparameterize_kl",
 ]
 from .attention import decode_attention, prefill_attention, rope_append_kv, rope_tables  # noqa: E402
 
