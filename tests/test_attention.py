@@ -81,8 +81,8 @@ def _caches(gen, B, Hkv, D, lengths, S, dtype, page_size=None):
     return k, v, kp, vp, block_table
 
 
-def _decode_case(gen, backend, dtype, *, paged, Q=1, D=None, small=None):
-    small = backend == "triton" if small is None else small
+def _decode_case(gen, backend, dtype, *, paged, Q=1, D=None, small=None, device="cpu", num_splits=None):
+    small = (backend == "triton" and device == "cpu") if small is None else small
     rnd = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
     B = rnd.randint(1, 3 if small else 4)
     Hkv = rnd.randint(1, 3)
@@ -101,11 +101,15 @@ def _decode_case(gen, backend, dtype, *, paged, Q=1, D=None, small=None):
     seqlens = torch.tensor(lengths, dtype=torch.int32)
     kw = dict(scale=scale, softcap=softcap, window=window)
     ro, rl = R.decode_attention(q, k, v, seqlens, **kw)
+    dev = [t.to(device) if t is not None else None for t in (q, k, v, kp, vp, bt, seqlens)]
     if paged:
-        o, lse = ge.ops.decode_attention(q, kp, vp, seqlens, block_table=bt, return_lse=True, backend=backend, **kw)
+        o, lse = ge.ops.decode_attention(dev[0], dev[3], dev[4], dev[6], block_table=dev[5], return_lse=True,
+                                         backend=backend, num_splits=num_splits, **kw)
     else:
-        o, lse = ge.ops.decode_attention(q, k, v, seqlens, return_lse=True, backend=backend, **kw)
-    assert o.shape == q.shape and o.dtype == q.dtype
+        o, lse = ge.ops.decode_attention(dev[0], dev[1], dev[2], dev[6], return_lse=True, backend=backend,
+                                         num_splits=num_splits, **kw)
+    assert o.shape == q.shape and o.dtype == q.dtype and o.device == dev[0].device
+    o, lse = o.cpu(), lse.cpu()
     _close(o, ro, dtype)
     _close_lse(lse, rl, dtype)
     return q, k, v, kp, vp, bt, seqlens, kw, o
@@ -538,3 +542,69 @@ def test_rope_bad_inputs(gen):
         rope(q, k, k, kc[:, :1], kc[:, :1].clone(), pos, cos, sin)
     with pytest.raises(TypeError, match="cos: expected a float32"):
         rope(q, k, k, kc, kc.clone(), pos, cos.half(), sin.half())
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: the triton and cuda backends on CUDA tensors (pytest -m gpu on a GPU machine)
+
+GPU_KERNELS = ["triton", "cuda"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("backend", GPU_KERNELS)
+def test_gpu_decode_matches_reference(backend, dtype, paged, gen):
+    _available(backend, "cuda")
+    for Q in (1, 1, 3):
+        for ns in (None, 1, 5):
+            _decode_case(gen, backend, dtype, paged=paged, Q=Q, device="cuda", num_splits=ns)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("D", A.HEAD_DIMS)
+@pytest.mark.parametrize("backend", GPU_KERNELS)
+def test_gpu_decode_head_dims(backend, D, gen):
+    _available(backend, "cuda")
+    _decode_case(gen, backend, torch.bfloat16, paged=bool(D % 3), D=D, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_KERNELS)
+def test_gpu_decode_long_cache(backend, gen):
+    """A long cache (many auto-planned splits) against the reference, and paged == contiguous."""
+    _available(backend, "cuda")
+    B, Hkv, G, D, S = 2, 2, 4, 128, 5000
+    lengths = [5000, 3001]
+    k, v, kp, vp, bt = _caches(gen, B, Hkv, D, lengths, S, torch.bfloat16, page_size=16)
+    q = _randn((B, Hkv * G, D), gen, torch.bfloat16)
+    L = torch.tensor(lengths, dtype=torch.int32)
+    ro, rl = R.decode_attention(q, k, v, L)
+    o, lse = ge.ops.decode_attention(q.cuda(), kp.cuda(), vp.cuda(), L.cuda(), block_table=bt.cuda(), return_lse=True,
+                                     backend=backend)
+    _close(o.cpu(), ro, torch.bfloat16)
+    _close_lse(lse.cpu(), rl, torch.bfloat16)
+    oc = ge.ops.decode_attention(q.cuda(), k.cuda(), v.cuda(), L.cuda(), backend=backend)
+    torch.testing.assert_close(oc.float(), o.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_triton_prefill_and_rope(dtype, gen):
+    _available("triton", "cuda")
+    q = _randn((50, 8, 64), gen, dtype)
+    k = _randn((50, 2, 64), gen, dtype)
+    cu = torch.tensor([0, 17, 17, 50], dtype=torch.int32)
+    ro, _ = R.prefill_attention(q, k, k, cu, window=9)
+    o = ge.ops.prefill_attention(q.cuda(), k.cuda(), k.cuda(), cu.cuda(), window=9, backend="triton")
+    _close(o.cpu(), ro, dtype)
+    cos, sin = ge.ops.rope_tables(64, 64)
+    kc = torch.zeros(4, 2, 64, 64, dtype=dtype)
+    pos = torch.tensor([3, 9, 0, 63], dtype=torch.int32)
+    rq, rk = R.rope_append_kv(q[:4], k[:4], k[:4], kc.clone(), kc.clone(), pos, cos, sin)
+    kcd = kc.cuda()
+    qo, ko = ge.ops.rope_append_kv(q[:4].cuda(), k[:4].cuda(), k[:4].cuda(), kcd, kc.cuda(), pos.cuda(), cos.cuda(),
+                                   sin.cuda(), backend="triton")
+    _close(qo.cpu(), rq, dtype, "q_rot")
+    _close(ko.cpu(), rk, dtype, "k_rot")
+    assert torch.equal(kcd[torch.arange(4), :, pos.long()].cpu(), ko.cpu())

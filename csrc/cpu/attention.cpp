@@ -177,6 +177,67 @@ GE_INLINE void av_row(float* acc, const float* p, const float* const* vp, int jb
   }
 }
 
+// the dot products of two query rows with 8 key rows: each key vector is loaded once for both rows
+// (16 accumulators: the AVX-512 clone's 32 registers hold them; the others spill a few)
+GE_INLINE void dot8x2(const float* __restrict q0, const float* __restrict q1, const float* const* kp, int64_t nc, v8f& s0,
+                      v8f& s1) {
+  v8f a[8] = {}, b[8] = {};
+  for (int64_t c = 0; c < nc; ++c) {
+    const v8f qa = load8(q0 + 8 * c), qb = load8(q1 + 8 * c);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+      const v8f kv = load8(kp[j] + 8 * c);
+      a[j] += qa * kv;
+      b[j] += qb * kv;
+    }
+  }
+  s0 = reduce8(a);
+  s1 = reduce8(b);
+}
+
+// av_group for two rows sharing every value load
+template <int CNT>
+GE_INLINE void av_group2(float* __restrict acc0, float* __restrict acc1, const float* p0, const float* p1,
+                         const float* const* vp, int jb, int je, int64_t off, float c0, float c1) {
+  v8f a[CNT], b[CNT];
+#pragma GCC unroll 8
+  for (int c = 0; c < CNT; ++c) {
+    a[c] = load8(acc0 + off + 8 * c) * c0;
+    b[c] = load8(acc1 + off + 8 * c) * c1;
+  }
+  for (int j = jb; j < je; ++j) {
+    const float pa = p0[j], pb = p1[j];
+    const float* v = vp[j] + off;
+#pragma GCC unroll 8
+    for (int c = 0; c < CNT; ++c) {
+      const v8f vv = load8(v + 8 * c);
+      a[c] += pa * vv;
+      b[c] += pb * vv;
+    }
+  }
+#pragma GCC unroll 8
+  for (int c = 0; c < CNT; ++c) {
+    store8(acc0 + off + 8 * c, a[c]);
+    store8(acc1 + off + 8 * c, b[c]);
+  }
+}
+
+GE_INLINE void av_row2(float* acc0, float* acc1, const float* p0, const float* p1, const float* const* vp, int jb, int je,
+                       int64_t D, float c0, float c1) {
+  int64_t off = 0;
+  for (; off + 64 <= D; off += 64) av_group2<8>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1);
+  switch ((D - off) / 8) {
+    case 1: av_group2<1>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1); break;
+    case 2: av_group2<2>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1); break;
+    case 3: av_group2<3>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1); break;
+    case 4: av_group2<4>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1); break;
+    case 5: av_group2<5>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1); break;
+    case 6: av_group2<6>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1); break;
+    case 7: av_group2<7>(acc0, acc1, p0, p1, vp, jb, je, off, c0, c1); break;
+    default: break;
+  }
+}
+
 template <typename T>
 GE_INLINE void to_float_row(const T* __restrict src, float* __restrict dst, int64_t D) {
   for (int64_t i = 0; i < D; i += 8) store8(dst + i, load8(src + i));
@@ -227,6 +288,31 @@ GE_INLINE void load_query(const RowSet& rs, int64_t r, const T* q, float mult) {
   for (int64_t i = 0; i < rs.D; ++i) dst[i] = to_float(q[i]) * mult;
 }
 
+// One row's online-softmax step over a block: scores s0 (keys 0-7), s1 (8-15) are masked to [ra, rb),
+// softcapped, and turned into probabilities p relative to the new running max; corr rescales the
+// row's accumulator. False (and no update) when the row has no finite score yet.
+GE_INLINE bool block_softmax(const RowSet& rs, int64_t r, v8f s0, v8f s1, int32_t ra, int32_t rb, float softcap, v8i iota,
+                             float* p, float& corr) {
+  if (softcap > 0.0f) {
+    s0 = softcap2(s0, softcap);
+    s1 = softcap2(s1, softcap);
+  }
+  const v8i in0 = (iota >= ra) & (iota < rb), in1 = (iota + 8 >= ra) & (iota + 8 < rb);
+  s0 = (v8f)(((v8i)s0 & in0) | ((v8i)(v8f{} + kNegInf) & ~in0));
+  s1 = (v8f)(((v8i)s1 & in1) | ((v8i)(v8f{} + kNegInf) & ~in1));
+  const float mb = hmax(vmax(s0, s1));
+  const float mold = rs.m[r];
+  const float mnew = mb > mold ? mb : mold;
+  if (!(mnew > kNegInf)) return false;
+  const v8f p0 = exp2v(s0 - mnew), p1 = exp2v(s1 - mnew);
+  corr = std::exp2(mold - mnew);
+  rs.l[r] = rs.l[r] * corr + hsum(p0 + p1);
+  rs.m[r] = mnew;
+  store8(p, p0);
+  store8(p + 8, p1);
+  return true;
+}
+
 // Online softmax of every row over keys [klo, khi); fill(j0, n, kr, vr) sets the pointers of keys
 // j0 .. j0 + n - 1 (all inside the buffers: the caller has clamped the range and the pages).
 template <typename T, typename Fill>
@@ -257,32 +343,41 @@ GE_INLINE void attend(const RowSet& rs, int64_t klo, int64_t khi, float softcap,
       }
     }
     for (int j = n; j < kBK; ++j) kp[j] = vp[j] = g_zero_row;
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t a = std::max(rs.lo[r], j0), b = std::min(rs.hi[r], j0 + n);
-      if (a >= b) continue;
-      const float* q = rs.qs + r * D;
-      v8f s0 = dot8(q, kp, nc);
-      v8f s1 = n > 8 ? dot8(q, kp + 8, nc) : v8f{} + kNegInf;
-      if (softcap > 0.0f) {
-        s0 = softcap2(s0, softcap);
-        s1 = softcap2(s1, softcap);
+    // rows go in pairs (each K and V vector loaded once for both); a lone or half-empty pair runs singly
+    for (int64_t r = 0; r < R; r += 2) {
+      const int64_t a0 = std::max(rs.lo[r], j0), b0 = std::min(rs.hi[r], j0 + n);
+      const bool two = r + 1 < R;
+      const int64_t a1 = two ? std::max(rs.lo[r + 1], j0) : 0, b1 = two ? std::min(rs.hi[r + 1], j0 + n) : 0;
+      const bool e0 = a0 >= b0, e1 = a1 >= b1;
+      if (e0 && e1) continue;
+      if (e0 || e1) {
+        const int64_t rr = e0 ? r + 1 : r;
+        const int64_t a = e0 ? a1 : a0, b = e0 ? b1 : b0;
+        v8f s0, s1;
+        const float* q = rs.qs + rr * D;
+        s0 = dot8(q, kp, nc);
+        s1 = n > 8 ? dot8(q, kp + 8, nc) : v8f{} + kNegInf;
+        alignas(32) float p[kBK];
+        float corr;
+        if (!block_softmax(rs, rr, s0, s1, int32_t(a - j0), int32_t(b - j0), softcap, iota, p, corr)) continue;
+        av_row(rs.acc + rr * D, p, vp, int(a - j0), int(b - j0), D, corr);
+        continue;
       }
-      const int32_t ra = int32_t(a - j0), rb = int32_t(b - j0);
-      const v8i in0 = (iota >= ra) & (iota < rb), in1 = (iota + 8 >= ra) & (iota + 8 < rb);
-      s0 = (v8f)(((v8i)s0 & in0) | ((v8i)(v8f{} + kNegInf) & ~in0));
-      s1 = (v8f)(((v8i)s1 & in1) | ((v8i)(v8f{} + kNegInf) & ~in1));
-      const float mb = hmax(vmax(s0, s1));
-      const float mold = rs.m[r];
-      const float mnew = mb > mold ? mb : mold;
-      if (!(mnew > kNegInf)) continue;  // NaN scores fall through below; -inf rows have nothing yet
-      const v8f p0 = exp2v(s0 - mnew), p1 = exp2v(s1 - mnew);
-      const float corr = std::exp2(mold - mnew);
-      rs.l[r] = rs.l[r] * corr + hsum(p0 + p1);
-      rs.m[r] = mnew;
-      alignas(32) float p[kBK];
-      store8(p, p0);
-      store8(p + 8, p1);
-      av_row(rs.acc + r * D, p, vp, ra, rb, D, corr);
+      v8f s00, s01, s10, s11;
+      dot8x2(rs.qs + r * D, rs.qs + (r + 1) * D, kp, nc, s00, s10);
+      if (n > 8) {
+        dot8x2(rs.qs + r * D, rs.qs + (r + 1) * D, kp + 8, nc, s01, s11);
+      } else {
+        s01 = s11 = v8f{} + kNegInf;
+      }
+      alignas(32) float p0[kBK], p1[kBK];
+      float c0, c1;
+      const bool ok0 = block_softmax(rs, r, s00, s01, int32_t(a0 - j0), int32_t(b0 - j0), softcap, iota, p0, c0);
+      const bool ok1 = block_softmax(rs, r + 1, s10, s11, int32_t(a1 - j0), int32_t(b1 - j0), softcap, iota, p1, c1);
+      if (!ok0) { std::memset(p0, 0, sizeof p0); c0 = 1.0f; }
+      if (!ok1) { std::memset(p1, 0, sizeof p1); c1 = 1.0f; }
+      av_row2(rs.acc + r * D, rs.acc + (r + 1) * D, p0, p1, vp, int(std::min(a0, a1) - j0), int(std::max(b0, b1) - j0),
+              D, c0, c1);
     }
   }
 }

@@ -50,7 +50,7 @@ _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 HEAD_DIMS = (16, 32, 64, 80, 96, 128, 256)  # on the kernel backends
 MAX_PAGE_SIZE = 256
 
-_DECODE_BACKENDS = ("torch", "cpp", "triton")
+_DECODE_BACKENDS = ("torch", "cpp", "triton", "cuda")
 _PREFILL_BACKENDS = ("torch", "cpp", "triton")
 _ROPE_BACKENDS = ("torch", "cpp", "triton")
 _modules = {}
