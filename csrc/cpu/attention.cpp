@@ -680,8 +680,36 @@ void decode_attention(const DecodeArgs& a) {
     p.ws_out = ws.data();
     p.ws_lse = ws.data() + rows * size_t(a.D);
   }
-  parallel_chunks(a.B * a.Hkv * p.splits, [&](int64_t i) { decode_item_any(p, i); });
+  // a tiny step (a few thousand multiply-adds) runs on the calling thread: waking a worker costs more
+  const int64_t work = a.B * a.Hkv * p.R * max_keys * a.D;
+  const int64_t items = a.B * a.Hkv * p.splits;
+  if (work < (int64_t(1) << 18)) {
+    for (int64_t i = 0; i < items; ++i) decode_item_any(p, i);
+    if (p.splits > 1)
+      for (int64_t i = 0; i < a.B * a.Hkv; ++i) decode_merge_any(p, i);
+    return;
+  }
+  parallel_chunks(items, [&](int64_t i) { decode_item_any(p, i); });
   if (p.splits > 1) parallel_chunks(a.B * a.Hkv, [&](int64_t i) { decode_merge_any(p, i); });
+}
+
+int64_t check_lengths(const int32_t* seqlens, int64_t B, int64_t capacity, const int32_t* bt, int64_t bt_stride,
+                      int64_t page_size, int64_t num_pages) {
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t L = seqlens[b];
+    if (L < 0) return 1 + 4 * b;
+    if (L > capacity) return 2 + 4 * b;
+  }
+  if (bt != nullptr) {
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t pages = (int64_t(seqlens[b]) + page_size - 1) / page_size;
+      for (int64_t j = 0; j < pages; ++j) {
+        const int64_t e = bt[b * bt_stride + j];
+        if (e < 0 || e >= num_pages) return 3 + 4 * (b * bt_stride + j);
+      }
+    }
+  }
+  return 0;
 }
 
 void prefill_attention(const PrefillArgs& a) {

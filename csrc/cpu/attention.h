@@ -77,6 +77,11 @@ struct RopeArgs {
 
 void decode_attention(const DecodeArgs& a);
 int64_t decode_default_splits(int64_t B, int64_t Hkv, int64_t max_keys);
+// 0 when every length is in [0, capacity] and every block-table entry a length reaches (bt non-null)
+// is in [0, num_pages); else 4 * index + kind: kind 1 = negative length, 2 = length > capacity (index
+// = sequence), 3 = bad entry (index = b * bt_stride + j).
+int64_t check_lengths(const int32_t* seqlens, int64_t B, int64_t capacity, const int32_t* bt, int64_t bt_stride,
+                      int64_t page_size, int64_t num_pages);
 void prefill_attention(const PrefillArgs& a);
 void rope_append_kv(const RopeArgs& a);
 

@@ -88,6 +88,13 @@ GE_BIND(attention) {
   m.def("decode_attention", &decode_attention, ge::nogil(),
         "Decode attention over a contiguous or paged KV cache (csrc/cpu/attention.h), split-KV with an LSE merge.");
   m.def("decode_default_splits", &ge::decode_default_splits, "The KV split count decode_attention picks for num_splits=0.");
+  m.def("attention_check_lengths",
+        [](uintptr_t seqlens, int64_t B, int64_t capacity, uintptr_t bt, int64_t bt_stride, int64_t page_size,
+           int64_t num_pages) {
+          return ge::check_lengths(as<const int32_t>(seqlens), B, capacity, as<const int32_t>(bt), bt_stride, page_size,
+                                   num_pages);
+        },
+        "Validates decode lengths and block-table entries (csrc/cpu/attention.h): 0, or 4 * index + kind.");
   m.def("prefill_attention", &prefill_attention, ge::nogil(),
         "Packed variable-length prefill attention (causal bottom-right, sliding window, softcap).");
   m.def("rope_append_kv", &rope_append_kv, ge::nogil(),

@@ -214,6 +214,13 @@ def _capturing(t):
 
 def _check_lengths(cache, seqlens, Q=1):
     """Values: 0 <= L <= capacity, and every page a length reaches is a valid page index."""
+    if seqlens.device.type == "cpu" and not isinstance(_backends.load_cpp(), Exception):
+        bt = cache.block_table
+        code = _backends.load_cpp().attention_check_lengths(
+            seqlens.data_ptr(), seqlens.shape[0], cache.capacity, bt.data_ptr() if bt is not None else 0,
+            bt.stride(0) if bt is not None else 0, cache.page_size, cache.num_pages)
+        if code == 0:
+            return  # else the (rare) failure is described by the general path below
     if _capturing(seqlens):
         return
     L = _host(seqlens)
