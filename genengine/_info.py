@@ -17,7 +17,7 @@ OPS = {
     "dynamic thresholding (the steps' dynamic_threshold=)": ("torch", "cpp", "triton", "cuda"),
     "group_norm_silu": ("torch", "cpp", "triton", "cuda"),
     "philox_words / philox_uniform / philox_normal": ("torch", "cpp", "triton", "cuda"),
-    "decode_attention": ("torch", "cpp", "triton"),
+    "decode_attention": ("torch", "cpp", "triton", "cuda"),
     "prefill_attention": ("torch", "cpp", "triton"),
     "rope_append_kv": ("torch", "cpp", "triton"),
     "rbm_gibbs / rbm_cd_stats / rbm_parallel_tempering": ("torch", "cpp", "triton", "cuda"),
