@@ -130,9 +130,10 @@ def gallery(results, path, *, title="genengine: every family generating", missin
     n = max(1, len(results))
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig = plt.figure(figsize=(5.2 * cols, 3.3 * rows + 0.9))
-    top = 1 - 0.75 / (3.3 * rows + 0.9)
-    gs = fig.add_gridspec(rows, cols, left=0.02, right=0.98, top=top, bottom=0.35 / (3.3 * rows + 0.9) + 0.02,
+    height = 3.3 * rows + 1.4
+    fig = plt.figure(figsize=(5.2 * cols, height))
+    top = 1 - 1.45 / height  # room for the two-line suptitle above the first row's titles
+    gs = fig.add_gridspec(rows, cols, left=0.02, right=0.98, top=top, bottom=0.35 / height + 0.02,
                           hspace=0.55, wspace=0.12)
     for i, r in enumerate(results):
         draw_panel(fig, gs[i // cols, i % cols], r)
