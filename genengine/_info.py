@@ -30,6 +30,8 @@ OPS = {
     "nb_class_stats": ("torch", "cpp"),
     "gmm_e_step": ("torch", "cpp", "triton"),
     "reparameterize / reparameterize_kl / gaussian_kl": ("torch", "cpp", "triton"),
+    "rq_spline (forward, inverse, fused backward)": ("torch", "cpp", "triton", "cuda"),
+    "affine_coupling (forward, inverse, fused backward)": ("torch", "cpp", "triton", "cuda"),
 }
 
 

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from . import attention, diffusion, gibbs, group_norm, hmm, mixture, naive_bayes, sampling
+from . import attention, diffusion, flows, gibbs, group_norm, hmm, mixture, naive_bayes, sampling
 from .harness import Ceilings, busy_note
 
 OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run, "sampling": sampling.run, "hmm": hmm.run}
@@ -24,6 +24,7 @@ OPS["naive_bayes"] = naive_bayes.run
 OPS["mixture"] = mixture.run
 OPS["gibbs"] = gibbs.run
 OPS["attention"] = attention.run
+OPS["flows"] = flows.run
 # families that include others: `--ops diffusion` also times the denoiser's fused GroupNorm + SiLU
 INCLUDES = {"diffusion": ("group_norm",)}
 

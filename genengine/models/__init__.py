@@ -29,3 +29,6 @@ from .linear_latent import PPCA, FactorAnalysis  # noqa: E402
 from .vae import VAE  # noqa: E402
 
 __all__ += ["PPCA", "FactorAnalysis", "VAE", "GAN"]
+from .flows import MAF, Glow, NeuralSplineFlow, RealNVP  # noqa: E402
+
+__all__ += ["RealNVP", "Glow", "NeuralSplineFlow", "MAF"]

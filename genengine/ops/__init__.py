@@ -4,6 +4,7 @@ Every op takes `backend="auto"|"torch"|"cpp"|"triton"|"cuda"`; see genengine._ba
 """
 
 from .diffusion import ddim_step, ddpm_step, dpmpp_2m_step, euler_ancestral_step, euler_step
+from .flows import affine_coupling, rq_spline
 from .gibbs import (
     boltzmann_gibbs,
     graph_coloring,
@@ -45,6 +46,8 @@ __all__ = [
     "gaussian_kl",
     "reparameterize",
     "reparameterize_kl",
+    "rq_spline",
+    "affine_coupling",
 ]
 from .attention import decode_attention, prefill_attention, rope_append_kv, rope_tables  # noqa: E402
 

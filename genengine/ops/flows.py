@@ -1,0 +1,484 @@
+"""Flow transforms with their log-determinants in one pass, and fused backward kernels:
+
+    y, logabsdet = rq_spline(x, widths, heights, derivatives, inverse=False, tail_bound=3.0, ...)
+    y, logdet = affine_coupling(x, shift, log_scale, inverse=False)
+
+rq_spline: the rational-quadratic spline of Durkan et al. 2019 with identity tails, elementwise.
+x (*batch); widths, heights (*batch, K); derivatives (*batch, K - 1) (the interior knots; the
+boundary derivatives are 1, matching the tails) or (*batch, K + 1) (every knot through the same
+min + softplus; the spline then meets the tails with a kink in slope). Returns y and logabsdet =
+log|dy/dx|, both (*batch). The formulas are genengine.reference.flows.rq_spline's.
+
+affine_coupling: x, shift, log_scale (*batch, D) -> y = x * exp(log_scale) + shift (*batch, D) and
+logdet = log_scale.sum(-1) (*batch); inverse: y = (x - shift) * exp(-log_scale), logdet negated.
+
+dtypes: float32 on every backend; float64 on torch and cpp (cpp's float64 path runs the same
+formulas with libm per lane: for gradcheck, not speed) and triton. Parameter rows may be strided
+views (e.g. slices of one network output): only the last dim must have unit stride.
+
+The torch backend is the reference itself (genengine.reference.flows), differentiated by autograd.
+Kernel contract of the others (cpp: this file; triton: genengine.kernels.flows; cuda: ops/_flows_cuda.py):
+    rq_spline_fwd(x, w, h, d, inverse, bound, min_w, min_h, min_d, y, lad) -> None
+    rq_spline_bwd(inp, out, w, h, d, inverse, bound, min_w, min_h, min_d, gy, gl, gx, gw, gh, gd) -> None
+x, y, lad, inp, out, gy, gl, gx: contiguous (n,); w, h (n, K), d (n, Kd) with unit stride along the
+last dim; gw, gh, gd contiguous like them; gy / gl may be None (zero). The backward kernels take the
+point in the spline's domain: inp for the forward, out (the inverse's result) for the inverse.
+    affine_coupling_fwd(x, t, s, inverse, y, logdet) / affine_coupling_bwd(x, t, s, inverse, gy, gld, gx, gt, gs)
+x, t, s (rows, D) with unit inner stride; y, gx, gt, gs contiguous (rows, D); logdet, gld (rows,).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import torch
+
+from .. import _backends
+from ..reference import flows as ref
+
+_SUPPORTED = ("torch", "cpp", "triton", "cuda")
+_KERNEL_DTYPES = (torch.float32,)
+_F64_OK = ("torch", "cpp", "triton")  # backends that also run float64
+MAX_BINS_CPP = 64  # the cpp kernel holds the knots of 16 elements on its stack
+_modules = {}
+
+
+def _kernel_module(name):
+    mod = _modules.get(name)
+    if mod is None:
+        if name == "triton":
+            mod = _backends.load_kernels("flows")
+        else:
+            mod = importlib.import_module("genengine.ops._flows_cuda")
+        _modules[name] = mod
+    return mod
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks
+
+
+def _tensor(name, t):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def _real(name, v, *, positive=False, lo=None):
+    if isinstance(v, (bool, str, bytes)) or v is None:
+        raise TypeError(f"{name}: expected a real number, got {v!r}")
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}") from None
+    if not math.isfinite(f) or (positive and f <= 0) or (lo is not None and f < lo):
+        raise ValueError(f"{name}: expected a finite number {'> 0' if positive else f'>= {lo}'}, got {f}")
+    return f
+
+
+def _dtype_of(x, name):
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"x: expected float32 (or float64), got {x.dtype}")
+    backend = _backends.resolve(name, _backends.device_type(x), _SUPPORTED, True)
+    if x.dtype == torch.float64 and backend not in _F64_OK:
+        if name in (None, "auto") and _backends.forced_backend() in (None, "auto"):
+            backend = "torch"
+        else:
+            raise TypeError(f"backend {backend!r} runs float32 only; float64 runs on {', '.join(_F64_OK)}")
+    return backend
+
+
+def _rows(t, k):
+    """t as (n, k) with unit stride along k (a view when the strides allow, else a copy)."""
+    r = t.reshape(-1, k)
+    if r.stride(1) != 1 and r.shape[0] * k:
+        r = r.contiguous()
+    return r
+
+
+def _prepare_spline(x, widths, heights, derivatives, tail_bound, min_bin_width, min_bin_height, min_derivative,
+                    backend):
+    x = _tensor("x", x)
+    widths = _tensor("widths", widths)
+    heights = _tensor("heights", heights)
+    derivatives = _tensor("derivatives", derivatives)
+    for name, p in (("widths", widths), ("heights", heights), ("derivatives", derivatives)):
+        if p.device != x.device:
+            raise ValueError(f"{name}: on device {p.device}, but x is on {x.device}")
+        if p.dim() != x.dim() + 1 or p.shape[:-1] != x.shape:
+            raise ValueError(f"{name}: expected shape {tuple(x.shape)} + (bins,) (x's shape and one more dim), "
+                             f"got {tuple(p.shape)}")
+    k = widths.shape[-1]
+    if k < 1:
+        raise ValueError("widths: expected at least 1 bin (last dim >= 1), got 0")
+    if heights.shape[-1] != k:
+        raise ValueError(f"heights: expected last dim K = {k} (as widths), got {heights.shape[-1]}")
+    kd = derivatives.shape[-1]
+    if kd not in (k - 1, k + 1):
+        raise ValueError(f"derivatives: expected last dim K - 1 = {k - 1} (interior knots) or K + 1 = {k + 1} "
+                         f"(every knot), got {kd}")
+    b = _real("tail_bound", tail_bound, positive=True)
+    mw = _real("min_bin_width", min_bin_width, positive=True)
+    mh = _real("min_bin_height", min_bin_height, positive=True)
+    md = _real("min_derivative", min_derivative, positive=True)
+    if mw * k > 1 + 1e-12:
+        raise ValueError(f"min_bin_width: {mw} times {k} bins exceeds 1 (the bins could not fit)")
+    if mh * k > 1 + 1e-12:
+        raise ValueError(f"min_bin_height: {mh} times {k} bins exceeds 1 (the bins could not fit)")
+    name = _dtype_of(x, backend)
+    if name == "cpp" and k > MAX_BINS_CPP:
+        raise ValueError(f"widths: the cpp backend takes at most {MAX_BINS_CPP} bins, got {k}; use backend='torch'")
+    dt = x.dtype
+    widths, heights, derivatives = (p if p.dtype == dt else p.to(dt) for p in (widths, heights, derivatives))
+    return name, x, widths, heights, derivatives, (b, mw, mh, md)
+
+
+# ----------------------------------------------------------------------------------------------
+# kernels: the torch path and the cpp entry points, with the common contract
+
+
+def _ptr(t):
+    return t.data_ptr() if t is not None else 0
+
+
+def _cpp_fwd(x, w, h, d, inverse, bound, min_w, min_h, min_d, y, lad, isa=-1):
+    _backends.load_cpp().rq_spline_fwd(
+        x.dtype == torch.float64, x.shape[0], w.shape[1], d.shape[1], inverse, bound, min_w, min_h, min_d,
+        x.data_ptr(), w.data_ptr(), h.data_ptr(), d.data_ptr(), w.stride(0), h.stride(0), d.stride(0),
+        y.data_ptr(), lad.data_ptr(), isa)
+
+
+def _cpp_bwd(inp, out, w, h, d, inverse, bound, min_w, min_h, min_d, gy, gl, gx, gw, gh, gd, isa=-1):
+    pt = out if inverse else inp
+    _backends.load_cpp().rq_spline_bwd(
+        pt.dtype == torch.float64, pt.shape[0], w.shape[1], d.shape[1], inverse, bound, min_w, min_h, min_d,
+        pt.data_ptr(), w.data_ptr(), h.data_ptr(), d.data_ptr(), w.stride(0), h.stride(0), d.stride(0),
+        _ptr(gy), _ptr(gl), gx.data_ptr(), gw.data_ptr(), gh.data_ptr(), gd.data_ptr(), gw.stride(0), gh.stride(0),
+        gd.stride(0), isa)
+
+
+def _cpp_affine_fwd(x, t, s, inverse, y, logdet, isa=-1):
+    _backends.load_cpp().affine_coupling_fwd(
+        x.dtype == torch.float64, x.shape[0], x.shape[1], inverse, x.data_ptr(), t.data_ptr(), s.data_ptr(),
+        x.stride(0), t.stride(0), s.stride(0), y.data_ptr(), logdet.data_ptr(), isa)
+
+
+def _cpp_affine_bwd(x, t, s, inverse, gy, gld, gx, gt, gs, isa=-1):
+    _backends.load_cpp().affine_coupling_bwd(
+        x.dtype == torch.float64, x.shape[0], x.shape[1], inverse, x.data_ptr(), t.data_ptr(), s.data_ptr(),
+        x.stride(0), t.stride(0), s.stride(0), _ptr(gy), _ptr(gld), gx.data_ptr(), gt.data_ptr(), gs.data_ptr(), isa)
+
+
+_LOCAL = {"cpp": (_cpp_fwd, _cpp_bwd, _cpp_affine_fwd, _cpp_affine_bwd)}
+_NAMES = ("rq_spline_fwd", "rq_spline_bwd", "affine_coupling_fwd", "affine_coupling_bwd")
+
+
+def _kernel(name, which):
+    local = _LOCAL.get(name)
+    if local is not None:
+        return local[which]
+    return getattr(_kernel_module(name), _NAMES[which])
+
+
+def _launch(name, which, *args):
+    if name == "cuda":
+        with torch.cuda.device(args[0].device):
+            _kernel(name, which)(*args)
+    else:
+        _kernel(name, which)(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# forward / backward on checked tensors
+
+
+def _spline_forward(name, x, w, h, d, inverse, cfg):
+    k, kd = w.shape[-1], d.shape[-1]
+    xf = x.reshape(-1)
+    if not xf.is_contiguous():
+        xf = xf.contiguous()
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    lad = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel():
+        _launch(name, 0, xf, _rows(w, k), _rows(h, k), _rows(d, kd), inverse, *cfg, y.view(-1), lad.view(-1))
+    return y, lad
+
+
+def _spline_backward(name, gy, gl, x, y, w, h, d, inverse, cfg, packed=False):
+    """(gx, gw, gh, gd); with packed, (gx, gp): one (..., 2K + Kd) gradient for the packed parameters."""
+    k, kd = w.shape[-1], d.shape[-1]
+    n = x.numel()
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if packed:
+        gp = torch.empty((*x.shape, 2 * k + kd), dtype=x.dtype, device=x.device)
+        gw, gh, gd = gp[..., :k], gp[..., k:2 * k], gp[..., 2 * k:]
+    else:
+        gw = torch.empty(w.shape, dtype=x.dtype, device=x.device)
+        gh = torch.empty(h.shape, dtype=x.dtype, device=x.device)
+        gd = torch.empty(d.shape, dtype=x.dtype, device=x.device)
+    if n:
+        flat = [t.reshape(-1).contiguous() if t is not None else None for t in (x, y, gy, gl)]
+        flat[2:] = [g.to(x.dtype) if g is not None and g.dtype != x.dtype else g for g in flat[2:]]
+        _launch(name, 1, flat[0], flat[1], _rows(w, k), _rows(h, k), _rows(d, kd), inverse, *cfg, flat[2], flat[3],
+                gx.view(-1), gw.reshape(-1, k), gh.reshape(-1, k), gd.reshape(-1, kd))
+    return (gx, gp) if packed else (gx, gw, gh, gd)
+
+
+@torch.library.custom_op("genengine::rq_spline", mutates_args=())
+def _rq_spline_op(x: torch.Tensor, widths: torch.Tensor, heights: torch.Tensor, derivatives: torch.Tensor,
+                  inverse: bool, tail_bound: float, min_bin_width: float, min_bin_height: float, min_derivative: float,
+                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _spline_forward(backend, x, widths, heights, derivatives, inverse,
+                           (tail_bound, min_bin_width, min_bin_height, min_derivative))
+
+
+@_rq_spline_op.register_fake
+def _(x, widths, heights, derivatives, inverse, tail_bound, min_bin_width, min_bin_height, min_derivative, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("genengine::rq_spline_backward", mutates_args=())
+def _rq_spline_backward_op(gy: torch.Tensor, gl: torch.Tensor, x: torch.Tensor, y: torch.Tensor, widths: torch.Tensor,
+                           heights: torch.Tensor, derivatives: torch.Tensor, inverse: bool, tail_bound: float,
+                           min_bin_width: float, min_bin_height: float, min_derivative: float,
+                           backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _spline_backward(backend, gy, gl, x, y, widths, heights, derivatives, inverse,
+                            (tail_bound, min_bin_width, min_bin_height, min_derivative))
+
+
+@_rq_spline_backward_op.register_fake
+def _(gy, gl, x, y, widths, heights, derivatives, inverse, tail_bound, min_bin_width, min_bin_height, min_derivative,
+      backend):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty(widths.shape, dtype=x.dtype, device=x.device),
+            torch.empty(heights.shape, dtype=x.dtype, device=x.device),
+            torch.empty(derivatives.shape, dtype=x.dtype, device=x.device))
+
+
+def _spline_setup_context(ctx, inputs, output):
+    x, w, h, d, inverse, *cfg, backend = inputs
+    y, _ = output
+    ctx.save_for_backward(x, y, w, h, d)
+    ctx.inverse, ctx.cfg, ctx.backend = inverse, cfg, backend
+
+
+def _spline_autograd(ctx, gy, gl):
+    x, y, w, h, d = ctx.saved_tensors
+    if gy is None:
+        gy = torch.zeros_like(x)
+    if gl is None:
+        gl = torch.zeros_like(x)
+    gx, gw, gh, gd = _rq_spline_backward_op(gy, gl, x, y, w, h, d, ctx.inverse, *ctx.cfg, ctx.backend)
+    return gx, gw, gh, gd, None, None, None, None, None, None
+
+
+torch.library.register_autograd("genengine::rq_spline", _spline_autograd, setup_context=_spline_setup_context)
+
+
+# The packed form: widths, heights and derivatives as the consecutive column blocks of one
+# (..., 2K + Kd) tensor, as a network's output split three ways. Autograd then hands the op's
+# gradient to that tensor directly, written by the kernel in one pass, instead of back-propagating
+# three slices (each a zero-filled tensor of the packed size, a copy into it, and two additions:
+# more memory traffic than the kernel itself).
+
+
+@torch.library.custom_op("genengine::rq_spline_packed", mutates_args=())
+def _rq_spline_packed_op(x: torch.Tensor, params: torch.Tensor, k: int, inverse: bool, tail_bound: float,
+                         min_bin_width: float, min_bin_height: float, min_derivative: float,
+                         backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _spline_forward(backend, x, params[..., :k], params[..., k:2 * k], params[..., 2 * k:], inverse,
+                           (tail_bound, min_bin_width, min_bin_height, min_derivative))
+
+
+@_rq_spline_packed_op.register_fake
+def _(x, params, k, inverse, tail_bound, min_bin_width, min_bin_height, min_derivative, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("genengine::rq_spline_packed_backward", mutates_args=())
+def _rq_spline_packed_backward_op(gy: torch.Tensor, gl: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                                  params: torch.Tensor, k: int, inverse: bool, tail_bound: float, min_bin_width: float,
+                                  min_bin_height: float, min_derivative: float,
+                                  backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _spline_backward(backend, gy, gl, x, y, params[..., :k], params[..., k:2 * k], params[..., 2 * k:], inverse,
+                            (tail_bound, min_bin_width, min_bin_height, min_derivative), packed=True)
+
+
+@_rq_spline_packed_backward_op.register_fake
+def _(gy, gl, x, y, params, k, inverse, tail_bound, min_bin_width, min_bin_height, min_derivative, backend):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty(params.shape, dtype=x.dtype, device=x.device))
+
+
+def _packed_setup_context(ctx, inputs, output):
+    x, p, k, inverse, *cfg, backend = inputs
+    ctx.save_for_backward(x, output[0], p)
+    ctx.k, ctx.inverse, ctx.cfg, ctx.backend = k, inverse, cfg, backend
+
+
+def _packed_autograd(ctx, gy, gl):
+    x, y, p = ctx.saved_tensors
+    gy = torch.zeros_like(x) if gy is None else gy
+    gl = torch.zeros_like(x) if gl is None else gl
+    gx, gp = _rq_spline_packed_backward_op(gy, gl, x, y, p, ctx.k, ctx.inverse, *ctx.cfg, ctx.backend)
+    return gx, gp, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("genengine::rq_spline_packed", _packed_autograd, setup_context=_packed_setup_context)
+
+
+def _packed_base(x, w, h, d):
+    """The (..., 2K + Kd) tensor whose consecutive column blocks w, h, d are (a view of their common
+    base that covers it whole), or None."""
+    base = w._base
+    if base is None or h._base is not base or d._base is not base or base.dtype != x.dtype:
+        return None
+    k, kd = w.shape[-1], d.shape[-1]
+    m = 2 * k + kd
+    if base.numel() != x.numel() * m or not base.is_contiguous() or w.storage_offset() != base.storage_offset():
+        return None
+    if h.storage_offset() != w.storage_offset() + k or d.storage_offset() != w.storage_offset() + 2 * k:
+        return None
+    p = base.view(*x.shape, m)
+    if w.stride() != p.stride() or h.stride() != p.stride() or d.stride() != p.stride():
+        return None
+    return p
+
+
+def _needs_grad(*ts):
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def rq_spline(x, widths, heights, derivatives, *, inverse=False, tail_bound=3.0, min_bin_width=1e-3, min_bin_height=1e-3,
+              min_derivative=1e-3, backend="auto"):
+    """(y, logabsdet) of the rational-quadratic spline with identity tails; see the module docstring.
+
+    x (*batch); widths, heights (*batch, K); derivatives (*batch, K - 1) or (*batch, K + 1).
+    Differentiable in x and the three parameter tensors (fused backward kernels).
+    """
+    name, x, w, h, d, cfg = _prepare_spline(x, widths, heights, derivatives, tail_bound, min_bin_width, min_bin_height,
+                                            min_derivative, backend)
+    inverse = bool(inverse)
+    if name == "torch":  # the reference itself, differentiated by autograd
+        b, mw, mh, md = cfg
+        return ref.rq_spline(x, w, h, d, inverse=inverse, tail_bound=b, min_bin_width=mw, min_bin_height=mh,
+                             min_derivative=md, dtype=x.dtype)
+    if torch.compiler.is_compiling() or _needs_grad(x, w, h, d):
+        p = None if torch.compiler.is_compiling() else _packed_base(x, w, h, d)
+        if p is not None and p.requires_grad:
+            return _rq_spline_packed_op(x, p, w.shape[-1], inverse, *cfg, name)
+        return _rq_spline_op(x, w, h, d, inverse, *cfg, name)
+    return _spline_forward(name, x, w, h, d, inverse, cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# affine coupling
+
+
+def _prepare_affine(x, shift, log_scale, backend):
+    x = _tensor("x", x)
+    shift = _tensor("shift", shift)
+    log_scale = _tensor("log_scale", log_scale)
+    if x.dim() < 1:
+        raise ValueError("x: expected shape (*batch, D) with at least one dimension, got a scalar")
+    for nm, p in (("shift", shift), ("log_scale", log_scale)):
+        if p.device != x.device:
+            raise ValueError(f"{nm}: on device {p.device}, but x is on {x.device}")
+        if p.shape != x.shape:
+            raise ValueError(f"{nm}: expected x's shape {tuple(x.shape)}, got {tuple(p.shape)}")
+    name = _dtype_of(x, backend)
+    dt = x.dtype
+    shift, log_scale = (p if p.dtype == dt else p.to(dt) for p in (shift, log_scale))
+    return name, x, shift, log_scale
+
+
+def _rows2(t):
+    d = t.shape[-1]
+    return _rows(t, d) if d else t.reshape(-1, 0)
+
+
+def _affine_forward(name, x, t, s, inverse):
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    logdet = torch.empty(x.shape[:-1], dtype=x.dtype, device=x.device)
+    if x.shape[-1] == 0:
+        logdet.zero_()
+    elif x.numel():
+        _launch(name, 2, _rows2(x), _rows2(t), _rows2(s), inverse, y.view(-1, x.shape[-1]), logdet.view(-1))
+    return y, logdet
+
+
+def _affine_backward(name, gy, gld, x, t, s, inverse):
+    gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    gt = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    gs = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel():
+        dd = x.shape[-1]
+        gyf = gy.reshape(-1, dd).contiguous() if gy is not None else None
+        gldf = gld.reshape(-1).contiguous() if gld is not None else None
+        _launch(name, 3, _rows2(x), _rows2(t), _rows2(s), inverse, gyf, gldf, gx.view(-1, dd), gt.view(-1, dd),
+                gs.view(-1, dd))
+    return gx, gt, gs
+
+
+@torch.library.custom_op("genengine::affine_coupling", mutates_args=())
+def _affine_op(x: torch.Tensor, shift: torch.Tensor, log_scale: torch.Tensor, inverse: bool,
+               backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return _affine_forward(backend, x, shift, log_scale, inverse)
+
+
+@_affine_op.register_fake
+def _(x, shift, log_scale, inverse, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(x.shape[:-1])
+
+
+@torch.library.custom_op("genengine::affine_coupling_backward", mutates_args=())
+def _affine_backward_op(gy: torch.Tensor, gld: torch.Tensor, x: torch.Tensor, shift: torch.Tensor, log_scale: torch.Tensor,
+                        inverse: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _affine_backward(backend, gy, gld, x, shift, log_scale, inverse)
+
+
+@_affine_backward_op.register_fake
+def _(gy, gld, x, shift, log_scale, inverse, backend):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3))
+
+
+def _affine_setup_context(ctx, inputs, output):
+    x, t, s, inverse, backend = inputs
+    ctx.save_for_backward(x, t, s)
+    ctx.inverse, ctx.backend = inverse, backend
+
+
+def _affine_autograd(ctx, gy, gld):
+    x, t, s = ctx.saved_tensors
+    if gy is None:
+        gy = torch.zeros_like(x)
+    if gld is None:
+        gld = x.new_zeros(x.shape[:-1])
+    gx, gt, gs = _affine_backward_op(gy, gld, x, t, s, ctx.inverse, ctx.backend)
+    return gx, gt, gs, None, None
+
+
+torch.library.register_autograd("genengine::affine_coupling", _affine_autograd, setup_context=_affine_setup_context)
+
+
+def affine_coupling(x, shift, log_scale, *, inverse=False, backend="auto"):
+    """(y, logdet): y = x * exp(log_scale) + shift and logdet = log_scale.sum(-1) in one pass
+    (inverse: y = (x - shift) * exp(-log_scale), logdet = -log_scale.sum(-1)), with a fused backward.
+
+    x, shift, log_scale (*batch, D) (shift / log_scale may be strided views, e.g. halves of one
+    network output); y (*batch, D), logdet (*batch).
+    """
+    name, x, t, s = _prepare_affine(x, shift, log_scale, backend)
+    inverse = bool(inverse)
+    if name == "torch":
+        return ref.affine_coupling(x, t, s, inverse=inverse, dtype=x.dtype)
+    if torch.compiler.is_compiling() or _needs_grad(x, t, s):
+        return _affine_op(x, t, s, inverse, name)
+    return _affine_forward(name, x, t, s, inverse)
+
+
+__all__ = ["rq_spline", "affine_coupling"]
+# the plain-PyTorch definitions (genengine.reference.flows) are the specification
+reference = ref
