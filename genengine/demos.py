@@ -581,6 +581,37 @@ def _ebm(ctx):
                    _MOON_LIMITS)
 
 
+def _mlp(i, h, o):
+    return torch.nn.Sequential(torch.nn.Linear(i, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU(),
+                               torch.nn.Linear(h, o))
+
+
+@demo("vae", ["VAE"], "variational autoencoder (Bernoulli decoder, fused reparameterisation + KL) on 8x8 binary shapes")
+def _vae(ctx):
+    n = 256 if ctx.quick else 2000
+    x = _binary_shapes(ctx, n, 8, 110)
+    torch.manual_seed(ctx.seed)  # the networks' initial weights
+    latent = 4
+    model = _models.VAE(_mlp(64, 128, 2 * latent), _mlp(latent, 128, 64), latent, likelihood="bernoulli")
+    ep = 1 if ctx.quick else 30  # about 10 s on one core
+    model.fit(x, epochs=ep, batch_size=100, lr=3e-3, generator=ctx.generator(111), progress=ctx.progress)
+    s = model.sample(16, generator=ctx.generator(112), mean=True)
+    return DemoResult("vae", "VAE", "images", x[:16].reshape(16, 8, 8), s.reshape(16, 8, 8).float(),
+                      caption=f"{ep} epochs on the ELBO; decoder means of z ~ N(0, I)")
+
+
+@demo("gan", ["GAN"], "GAN (non-saturating loss with R1) on two moons")
+def _gan(ctx):
+    n = 512 if ctx.quick else 2048
+    x, _ = _two_moons(ctx, n, salt=120)
+    torch.manual_seed(ctx.seed)
+    model = _models.GAN(_mlp(4, 64, 2), _mlp(2, 64, 1), 4, loss="non_saturating", r1=0.1)
+    ep = 1 if ctx.quick else 60
+    model.fit(x, epochs=ep, batch_size=128, lr=2e-3, generator=ctx.generator(121), progress=ctx.progress)
+    s = model.sample(n, generator=ctx.generator(122))
+    return _points("gan", "GAN", x, s, f"{ep} epochs, non-saturating + R1 (implicit density)", _MOON_LIMITS)
+
+
 @demo("pixelcnn", ["PixelCNN"], "gated PixelCNN on 12x12 binary seven-segment digits, cached pixel-by-pixel sampling")
 def _pixelcnn(ctx):
     from . import data

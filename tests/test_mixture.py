@@ -120,17 +120,19 @@ def test_fit_matches_sklearn_from_the_same_initialisation(ct, gen):
             s = skm.GaussianMixture(k, covariance_type=ct, max_iter=25, tol=0.0, init_params="random_from_data",
                                     random_state=0, **inits).fit(xs.double().numpy())
             m = ge.models.GaussianMixture(k, covariance_type=ct, max_iter=25, tol=0.0, **inits).fit(xs, progress=False)
-        tol = 1e-9  # float32 x is read exactly and the math is float64 either way
+        # float32 x is read exactly and the math is float64 either way; 25 EM iterations from a
+        # random start amplify rounding differences to ~1e-8 relative on some seeds (the bar is 1e-6)
+        tol = 1e-7
         assert m.n_iter_ == s.n_iter_ and m.converged_ == s.converged_
         assert abs(m.lower_bound_ - s.lower_bound_) <= tol * abs(s.lower_bound_)
         for a in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
             assert _rel(getattr(m, a), getattr(s, a)) < 1e-7, a
         xn = xs.double().numpy()
-        out_tol = 1e-9 if dtype == F64 else 1e-6  # score_samples / predict_proba come back in x's dtype
+        out_tol = tol if dtype == F64 else 1e-6  # score_samples / predict_proba come back in x's dtype
         assert _rel(m.score_samples(xs), s.score_samples(xn)) < out_tol
         assert _rel(m.predict_proba(xs), s.predict_proba(xn)) < max(1e-7, out_tol)
         assert np.array_equal(m.predict(xs).numpy(), s.predict(xn))
-        assert math.isclose(m.bic(xs), s.bic(xn), rel_tol=1e-9) and math.isclose(m.aic(xs), s.aic(xn), rel_tol=1e-9)
+        assert math.isclose(m.bic(xs), s.bic(xn), rel_tol=tol) and math.isclose(m.aic(xs), s.aic(xn), rel_tol=tol)
 
 
 @pytest.mark.parametrize("init", ["kmeans", "k-means++", "random"])
