@@ -19,12 +19,8 @@ import torch
 from . import attention, diffusion, flows, gibbs, group_norm, hmm, mixture, naive_bayes, sampling
 from .harness import Ceilings, busy_note
 
-OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run, "sampling": sampling.run, "hmm": hmm.run}
-OPS["naive_bayes"] = naive_bayes.run
-OPS["mixture"] = mixture.run
-OPS["gibbs"] = gibbs.run
-OPS["attention"] = attention.run
-OPS["flows"] = flows.run
+OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run, "attention": attention.run, "sampling": sampling.run,
+       "flows": flows.run, "gibbs": gibbs.run, "naive_bayes": naive_bayes.run, "mixture": mixture.run, "hmm": hmm.run}
 # families that include others: `--ops diffusion` also times the denoiser's fused GroupNorm + SiLU
 INCLUDES = {"diffusion": ("group_norm",)}
 
