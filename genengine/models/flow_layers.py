@@ -368,7 +368,7 @@ class _Autoregressive(nn.Module):
         self.made = MADE(features, self.n_params, hidden, context_features=context_features)
 
     def _transform(self, x, p, inverse):  # -> (y, per-element or per-row logdet)
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: abstract base method, implemented by each concrete subclass")
 
     def forward(self, x, context=None):
         return self._transform(x, self.made(x, context), False)

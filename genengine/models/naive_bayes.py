@@ -150,7 +150,7 @@ class _BaseNB(GenerativeModel):
 
     @property
     def n_features_in_(self):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: abstract base method, implemented by each concrete subclass")
 
     def _fitted(self):
         return self.classes_.numel() > 0
@@ -175,7 +175,7 @@ class _BaseNB(GenerativeModel):
 
     # ---- scikit-learn's prediction API --------------------------------------------------------
     def _jll(self, x, output):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: abstract base method, implemented by each concrete subclass")
 
     def _checked_jll(self, x, output):
         out, lse = self._jll(x, output)
@@ -228,7 +228,7 @@ class _BaseNB(GenerativeModel):
         return self._class_index(y, n)
 
     def _log_prior(self):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: abstract base method, implemented by each concrete subclass")
 
     def _finish_sample(self, x, idx, return_labels):
         return (x, self.classes_[idx]) if return_labels else x
@@ -405,7 +405,7 @@ class _DiscreteNB(_BaseNB):
 
     def _prepare(self, x):
         """The counts this family adds up (checked)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__}: abstract base method, implemented by each concrete subclass")
 
     def _alpha(self, f):
         a = torch.as_tensor(self.alpha, dtype=F64, device=self.classes_.device)
