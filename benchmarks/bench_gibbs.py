@@ -7,6 +7,7 @@ all timed interleaved in one run (genengine.bench.harness.interleave):
   sklearn float32   BernoulliRBM.gibbs(v) with components_ / intercepts float32 (numpy's BLAS)
   sklearn float64   the same in float64 (what a BernoulliRBM fitted on float64 data holds)
   torch-textbook    h = bernoulli(sigmoid(v @ W + c)); v = bernoulli(sigmoid(h @ W^T + b))
+  torch rand < p    the fastest plain-PyTorch sweep: addmm, in-place sigmoid, rand(p.shape) < p
   genengine f32     ge.ops.rbm_gibbs(v, W, b, c, steps=10) / 10   (torch's GEMM + the fused C++ epilogue)
   genengine bf16    the same with compute_dtype=torch.bfloat16
   genengine 1 step  ge.ops.rbm_gibbs(..., steps=1): one sweep per call, its per-call cost included
@@ -30,7 +31,7 @@ import torch  # noqa: E402
 
 import genengine as ge  # noqa: E402
 from genengine.bench.gibbs import sklearn_rbm  # noqa: E402
-from genengine.bench.harness import Ceilings, busy_note, interleave  # noqa: E402
+from genengine.bench.harness import FOREIGN_POOL_SETTLE_S, Ceilings, busy_note, interleave  # noqa: E402
 
 
 def main(argv=None):
@@ -71,15 +72,23 @@ def main(argv=None):
         h = torch.bernoulli(torch.sigmoid(v @ W + hb))
         return torch.bernoulli(torch.sigmoid(h @ W.t() + vb))
 
+    def plain_rand():  # the fastest plain-PyTorch sweep found: addmm, sigmoid_ in place, rand < p
+        p = torch.addmm(hb, v, W).sigmoid_()
+        h = (torch.rand(p.shape, generator=gen) < p).float()
+        p = torch.addmm(vb, h, W.t()).sigmoid_()
+        return (torch.rand(p.shape, generator=gen) < p).float()
+
     cands = {
         "sklearn float32": (lambda: sk32.gibbs(v32), 1),
         "sklearn float64": (lambda: sk64.gibbs(v64), 1),
         "torch-textbook": (textbook, 1),
+        "torch rand < p": (plain_rand, 1),
         "genengine f32": (lambda: ge.ops.rbm_gibbs(v, W, vb, hb, steps=10, generator=gen), 10),
         "genengine bf16": (lambda: ge.ops.rbm_gibbs(v, W, vb, hb, steps=10, generator=gen, compute_dtype=torch.bfloat16), 10),
         "genengine 1 step": (lambda: ge.ops.rbm_gibbs(v, W, vb, hb, steps=1, generator=gen), 1),
     }
-    stats = interleave({k: f for k, (f, _) in cands.items()}, "cpu", a.budget, min_samples=6)
+    stats = interleave({k: f for k, (f, _) in cands.items()}, "cpu", a.budget, min_samples=6,
+                       settle_s=FOREIGN_POOL_SETTLE_S)
     flops = 4.0 * B * nv * nh
     per = {k: stats[k].median / cands[k][1] for k in cands}
     print(f"RBM sweep, batch {B}, {nv} visible, {nh} hidden, {torch.get_num_threads()} threads; "

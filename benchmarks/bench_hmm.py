@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import genengine as ge
-from genengine.bench.harness import busy_note, interleave
+from genengine.bench.harness import FOREIGN_POOL_SETTLE_S, busy_note, interleave
 
 
 def _model(s, d, gen):
@@ -152,7 +152,8 @@ def main(argv=None):
     for what, cands in groups.items():
         seqs = b if what in ("forward", "score") else sub
         t0 = time.perf_counter()
-        stats = interleave(cands, torch.device("cpu"), budget, min_samples=3, warmup_s=0.0)
+        stats = interleave(cands, torch.device("cpu"), budget, min_samples=3, warmup_s=0.0,
+                           settle_s=FOREIGN_POOL_SETTLE_S)
         base = next(iter(stats.values())).median
         for label, st in stats.items():
             print(f"{what:11s} {label:28s} {st.median * 1e3:10.1f} {base / st.median:17.1f}x")

@@ -509,3 +509,65 @@ def test_gpu_ising_langevin_boltzmann_match_cpu(backend, gen):
     ba = ge.ops.boltzmann_gibbs(xs, A, bias, sweeps=3, generator=_g(2), backend="cpp")
     bb = ge.ops.boltzmann_gibbs(xs.cuda(), A.cuda(), bias.cuda(), sweeps=3, generator=_g(2), backend=backend)
     assert ((ba != bb.cpu()).any(1)).sum() <= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration: compiled graphs (keys passed as data) give the eager chains
+
+
+def test_registered_ops_pass_opcheck(gen):
+    from genengine.ops import gibbs as gops
+    from genengine.ops.rng import key_tensor
+
+    key = key_tensor(11, 2**64 - 5)
+    v, W, vb, hb = _rbm(gen, 9, 5, 7, scale=0.5)
+    mask = (torch.rand(7, 9, generator=gen) < 0.3)
+    vals = torch.ones(7, 9)
+    for backend in ("torch", "cpp"):
+        torch.library.opcheck(gops._rbm_gibbs_op, (v, W, vb, hb, key, 2, 0.8, None, "bernoulli", mask, vals,
+                                                   torch.float32, True, backend))
+        torch.library.opcheck(gops._ising_sweep_op, (_spins(gen, 2, 6, 8), [0.3, 0.5], 1.0, 0.1, 2, key, backend))
+        x = torch.randn(5, 7, generator=gen)
+        torch.library.opcheck(gops._langevin_step_op, (x, x * 0.5, 0.1, 1.0, True, -1.0, 1.0, key, backend))
+        A, bias = _bm(gen, 10)
+        xs = (torch.rand(4, 10, generator=gen) < 0.5).float()
+        torch.library.opcheck(gops._boltzmann_gibbs_op, (xs, A, bias, None, 1.0, 2, key, backend))
+
+
+def test_compiled_gibbs_ops_match_eager(gen):
+    from genengine.ops.rng import key_tensor
+
+    v, W, vb, hb = _rbm(gen, 11, 6, 5, scale=0.5)
+    s = _spins(gen, 2, 6, 10)
+    x = torch.randn(3, 17, generator=gen)
+    A, bias = _bm(gen, 12)
+    xs = (torch.rand(4, 12, generator=gen) < 0.5).float()
+
+    def chain(v, s, x, xs, key):
+        v2, h2, pv, ph = ge.ops.rbm_gibbs(v, W, vb, hb, steps=3, generator=key, beta=0.7, return_probs=True)
+        s2 = ge.ops.ising_sweep(s, 0.44, h=0.05, sweeps=2, generator=key)
+        x2 = ge.ops.langevin_step(x, 2 * x, 0.05, clamp=(-1.0, 1.0), generator=key)
+        b2 = ge.ops.boltzmann_gibbs(xs, A, bias, sweeps=2, generator=key)
+        return v2 + 0, h2, pv, ph, s2, x2, b2
+
+    compiled = torch.compile(chain, backend="eager", fullgraph=True)
+    for k in ((3, 4), (3, 2**64 - 1)):
+        key = key_tensor(*k)
+        eager = chain(v, s, x, xs, key)
+        got = compiled(v, s, x, xs, key)  # a new key is new data: same graph
+        for a, b in zip(eager, got):
+            assert torch.equal(a, b)
+    # the key form and the generator it came from draw the same chain
+    g = _g(9)
+    from genengine.ops.rng import draw_key
+    k = draw_key(_g(9))
+    assert torch.equal(ge.ops.rbm_gibbs(v, W, vb, hb, generator=g)[0],
+                       ge.ops.rbm_gibbs(v, W, vb, hb, generator=key_tensor(*k))[0])
+
+
+def test_bad_key_tensor_names_the_generator(gen):
+    v, W, vb, hb = _rbm(gen, 4, 3, 2)
+    with pytest.raises(ValueError, match="generator: a key tensor must be int64 of shape"):
+        ge.ops.rbm_gibbs(v, W, vb, hb, generator=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match="beta: expected every inverse temperature"):
+        ge.ops.rbm_gibbs(v, W, vb, hb, beta=torch.tensor([1.0, -1.0]))

@@ -56,8 +56,16 @@ def _wall(fn, device):
     return (time.perf_counter_ns() - t0) * 1e-9
 
 
-def interleave(candidates, device, budget_s, *, min_samples=5, warmup_s=None, latency=False):
-    """{name: Stats} for {name: zero-argument callable}, timed round-robin for about budget_s seconds."""
+# OpenBLAS (numpy, scikit-learn, hmmlearn) keeps its worker threads spinning for 2^28 cycles (~0.1 s)
+# after each call; on 2 cores they halve the speed of whatever runs next. Interleaving against those
+# libraries pauses this long after each block of calls, untimed.
+FOREIGN_POOL_SETTLE_S = 0.15
+
+
+def interleave(candidates, device, budget_s, *, min_samples=5, warmup_s=None, latency=False, settle_s=0.0):
+    """{name: Stats} for {name: zero-argument callable}, timed round-robin for about budget_s seconds of
+    timed work. settle_s: an untimed pause after each candidate's block of calls, so that one library's
+    spinning thread pool does not slow the next candidate (FOREIGN_POOL_SETTLE_S for OpenBLAS)."""
     device = torch.device(device)
     names = list(candidates)
     fns = [candidates[k] for k in names]
@@ -75,7 +83,7 @@ def interleave(candidates, device, budget_s, *, min_samples=5, warmup_s=None, la
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        t_start, rnd = time.perf_counter(), 0
+        t_start, rnd, slept = time.perf_counter(), 0, 0.0
         while True:
             order = [(rnd + i) % len(fns) for i in range(len(fns))]
             if cuda_batch:
@@ -100,8 +108,11 @@ def interleave(candidates, device, budget_s, *, min_samples=5, warmup_s=None, la
                             t0 = time.perf_counter_ns()
                             fn()
                             out.append((time.perf_counter_ns() - t0) * 1e-9)
+                    if settle_s > 0:
+                        time.sleep(settle_s)
+                        slept += settle_s
             rnd += 1
-            elapsed = time.perf_counter() - t_start
+            elapsed = time.perf_counter() - t_start - slept
             fewest = min(len(s) for s in samples)
             if (elapsed >= budget_s and fewest >= min_samples) or (elapsed >= 3 * budget_s and fewest >= 3):
                 break

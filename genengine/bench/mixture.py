@@ -25,7 +25,7 @@ import warnings
 import torch
 
 from ..models import mixture as mxm
-from .harness import Table, interleave
+from .harness import FOREIGN_POOL_SETTLE_S, Table, interleave
 
 COLUMNS = [("case", 26, "<"), ("cov", 9, "<"), ("candidate", 13, "<"), ("median ms", 9, ">"), ("vs sklearn", 10, ">"),
            ("GFLOP/s", 7, ">"), ("parity (max rel diff)", 40, "<")]
@@ -120,7 +120,8 @@ def run(ctx, cov_types=("full", "diag", "tied", "spherical")):
                       "weights": rel(ours.weights_, ref.weights_),
                       "lower_bound": abs(ours.lower_bound_ - ref.lower_bound_) / abs(ref.lower_bound_),
                       "n_iter": (ours.n_iter_, int(ref.n_iter_))}
-        stats = interleave(group, ctx.device, 1.0 if ctx.quick else 8.0, min_samples=3 if ctx.quick else 6)
+        stats = interleave(group, ctx.device, 1.0 if ctx.quick else 8.0, min_samples=3 if ctx.quick else 6,
+                           settle_s=FOREIGN_POOL_SETTLE_S if "scikit-learn" in group else 0.0)
         base = stats["scikit-learn"].median if "scikit-learn" in stats else None
         flops = _flops(n, d, k, ct)
         for label, st in stats.items():

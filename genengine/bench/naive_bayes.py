@@ -16,7 +16,7 @@ import torch
 
 from ..models import naive_bayes as nbm
 from ..reference import naive_bayes as ref
-from .harness import Table, interleave
+from .harness import FOREIGN_POOL_SETTLE_S, Table, interleave
 
 COLUMNS = [("case", 34, "<"), ("shape", 16, "<"), ("candidate", 15, "<"), ("median ms", 9, ">"),
            ("vs sklearn", 10, ">"), ("MB x", 6, ">"), ("% copy", 6, ">"), ("max |dp|", 8, ">")]
@@ -111,7 +111,8 @@ def run(ctx):
         x, y = _data(n, f, c)
         group, probs = _candidates(case, x, y, c, sk)
         budget = 1.0 if ctx.quick else 6.0
-        stats = interleave(group, ctx.device, budget, min_samples=3 if ctx.quick else 5)
+        stats = interleave(group, ctx.device, budget, min_samples=3 if ctx.quick else 5,
+                           settle_s=FOREIGN_POOL_SETTLE_S if sk is not None else 0.0)
         nbytes = x.numel() * x.element_size()
         copy = interleave({"copy": ctx.ceilings.copy_callable(nbytes, torch.float64)}, ctx.device, 0.2, min_samples=3)["copy"]
         base = stats["scikit-learn"].median if "scikit-learn" in stats else None

@@ -21,6 +21,11 @@ same chain on every backend and thread count:
       with s the neighbour sum and T the integer form of P(+1 | s) = sigmoid(2 beta (J s + h)) (exact)
   Boltzmann machine, sweep t, chain b, node i: the uniform at (t batch + b) n + i
   Langevin: the normal at the element's flat index.
+generator may also be such a key as an int64 [2] tensor (genengine.ops.rng.key_tensor): compiled code
+passes keys that way, as data, since torch.compile cannot read a torch.Generator inside a graph.
+
+Each op is registered with torch.library (genengine::rbm_gibbs, ::ising_sweep, ::boltzmann_gibbs,
+::langevin_step); torch.compile traces those, while the eager path calls the kernels directly.
 
 Backends: torch (the reference, float64 too), cpp (CPU), triton (CUDA; CPU under TRITON_INTERPRET=1),
 cuda (CUDA). On cpp and cuda the RBM's matrix products run in torch's GEMM (MKL/oneDNN, cuBLAS) and
@@ -38,7 +43,7 @@ import torch
 
 from .. import _backends
 from ..reference import gibbs as ref
-from .rng import draw_key
+from .rng import draw_key, key_ints, op_key
 
 __all__ = ["rbm_gibbs", "rbm_cd_stats", "rbm_parallel_tempering", "ising_sweep", "boltzmann_gibbs", "graph_coloring",
            "langevin_step", "CDStats"]
@@ -101,10 +106,8 @@ def _beta(beta, rows, device, what="rows of v"):
         if beta.dim() != 1 or beta.shape[0] != rows:
             raise ValueError(f"beta: expected a number or a 1-D tensor with one value per {what} ({rows}), "
                              f"got shape {tuple(beta.shape)}")
-        b = beta.detach().to(device=device, dtype=torch.float32).contiguous()
-        if not bool((b > 0).all()) or not bool(torch.isfinite(b).all()):
-            raise ValueError("beta: expected every inverse temperature to be finite and > 0")
-        return None, b
+        # every value > 0 and finite: checked by the runner (torch.compile cannot branch on data here)
+        return None, beta.detach().to(device=device, dtype=torch.float32).contiguous()
     return _real("beta", beta, positive=True), None
 
 
@@ -256,8 +259,22 @@ def rbm_gibbs(v, W, vbias, hbias, *, steps=1, generator=None, return_probs=False
     beta_s, beta_rows = _beta(beta, v.shape[0], v.device)
     cd = _compute_dtype(compute_dtype, v)
     name = _resolve(backend, v, cd)
-    key = draw_key(generator, v.device)
-    out_dtype = v.dtype
+    if torch.compiler.is_compiling():
+        vr, hr, pv, ph = _rbm_gibbs_op(v, W, vbias, hbias, op_key(generator, v.device), steps, 1.0 if beta_s is None else beta_s,
+                                       beta_rows, visible, mask, vals, cd, return_probs, name)
+    else:
+        key = draw_key(generator, v.device)
+        vr, hr, pv, ph = _rbm_gibbs_run(name, v, W, vbias, hbias, steps, key, beta_s, beta_rows, gaussian, mask, vals,
+                                        cd, return_probs)
+    if return_probs:
+        return vr, hr, pv, ph
+    return vr, hr
+
+
+def _rbm_gibbs_run(name, v, W, vbias, hbias, steps, key, beta_s, beta_rows, gaussian, mask, vals, cd, return_probs):
+    """(v, h, v_prob, h_prob) in v's dtype (probabilities float32, float64 for float64 v; None unless asked)."""
+    if beta_rows is not None and not bool(((beta_rows > 0) & torch.isfinite(beta_rows)).all()):
+        raise ValueError("beta: expected every inverse temperature to be finite and > 0")
     if name == "torch":
         ct = v.dtype if v.dtype == torch.float64 else torch.float32
         vr, hr, pv, ph, _ = ref.rbm_gibbs(v.detach().to(ct), W.detach().to(ct), vbias.detach().to(ct),
@@ -267,10 +284,37 @@ def rbm_gibbs(v, W, vbias, hbias, *, steps=1, generator=None, return_probs=False
     else:
         vr, hr, pv, ph, _ = _chain(name, v, W, vbias, hbias, steps, key, beta_s, beta_rows, gaussian, mask, vals, cd,
                                    return_probs, False)
-    vr, hr = vr.to(out_dtype), hr.to(out_dtype)
-    if return_probs:
-        return vr, hr, pv, ph
-    return vr, hr
+    return vr.to(v.dtype), hr.to(v.dtype), pv, ph
+
+
+# torch.library registrations: what torch.compile traces (the eager path calls the runners directly,
+# DESIGN.md: a registered call costs ~10 us). Keys travel as a tensor: a new draw does not recompile.
+
+
+def _prob_dtype(v):
+    return torch.float64 if v.dtype == torch.float64 else torch.float32
+
+
+@torch.library.custom_op("genengine::rbm_gibbs", mutates_args=())
+def _rbm_gibbs_op(v: torch.Tensor, W: torch.Tensor, vbias: torch.Tensor, hbias: torch.Tensor, key: torch.Tensor,
+                  steps: int, beta: float, beta_rows: torch.Tensor | None, visible: str, clamp_mask: torch.Tensor | None,
+                  clamp_values: torch.Tensor | None, compute_dtype: torch.dtype, return_probs: bool, backend: str
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    vr, hr, pv, ph = _rbm_gibbs_run(backend, v, W, vbias, hbias, steps, key_ints(key), beta, beta_rows,
+                                    visible == "gaussian", clamp_mask, clamp_values, compute_dtype, return_probs)
+    empty = v.new_empty(0, dtype=_prob_dtype(v))
+    return vr, hr, (pv if pv is not None else empty), (ph if ph is not None else empty.clone())
+
+
+@_rbm_gibbs_op.register_fake
+def _(v, W, vbias, hbias, key, steps, beta, beta_rows, visible, clamp_mask, clamp_values, compute_dtype, return_probs,
+      backend):
+    B, nv = v.shape
+    nh = W.shape[1]
+    pd = _prob_dtype(v)
+    pv = v.new_empty((B, nv) if return_probs else (0,), dtype=pd)
+    ph = v.new_empty((B, nh) if return_probs else (0,), dtype=pd)
+    return v.new_empty(B, nv), v.new_empty(B, nh), pv, ph
 
 
 def rbm_cd_stats(v, W, vbias, hbias, *, k=1, chain=None, generator=None, visible="bernoulli", compute_dtype=None,
@@ -380,8 +424,6 @@ def ising_sweep(spins, beta, *, J=1.0, h=0.0, sweeps=1, generator=None, inplace=
     L, H, W = lat.shape
     if H < 2 or W < 2 or H % 2 or W % 2:
         raise ValueError(f"spins: expected even H and W >= 2 (a periodic checkerboard), got H={H}, W={W}")
-    if lat.numel() and not bool(((lat == 1) | (lat == -1)).all()):
-        raise ValueError("spins: expected every value to be +1 or -1")
     J = _real("J", J)
     h = _real("h", h)
     sweeps = _int("sweeps", sweeps)
@@ -392,7 +434,18 @@ def ising_sweep(spins, beta, *, J=1.0, h=0.0, sweeps=1, generator=None, inplace=
     else:
         betas = [_real("beta", beta.item() if isinstance(beta, torch.Tensor) else beta, positive=True)]
     name = _backends.resolve(backend, _backends.device_type(spins), _SUPPORTED)
-    seed, offset = draw_key(generator, spins.device)
+    if torch.compiler.is_compiling():
+        out = _ising_sweep_op(spins, betas, J, h, sweeps, op_key(generator, spins.device), name)
+        return spins.copy_(out) if inplace else out
+    return _ising_run(name, spins, betas, J, h, sweeps, draw_key(generator, spins.device), inplace)
+
+
+def _ising_run(name, spins, betas, J, h, sweeps, key, inplace):
+    lat = spins if spins.dim() == 3 else spins.unsqueeze(0)
+    L, H, W = lat.shape
+    if lat.numel() and not bool(((lat == 1) | (lat == -1)).all()):
+        raise ValueError("spins: expected every value to be +1 or -1")
+    seed, offset = key
     if name == "torch":
         out = ref.ising_sweep(lat, torch.tensor(betas) if len(betas) > 1 else betas[0], J=J, h=h, sweeps=sweeps,
                               seed=seed, offset=offset).reshape(spins.shape)
@@ -413,6 +466,17 @@ def ising_sweep(spins, beta, *, J=1.0, h=0.0, sweeps=1, generator=None, inplace=
         spins.copy_(work)
         return spins
     return work
+
+
+@torch.library.custom_op("genengine::ising_sweep", mutates_args=())
+def _ising_sweep_op(spins: torch.Tensor, betas: list[float], J: float, h: float, sweeps: int, key: torch.Tensor,
+                    backend: str) -> torch.Tensor:
+    return _ising_run(backend, spins, betas, J, h, sweeps, key_ints(key), False)
+
+
+@_ising_sweep_op.register_fake
+def _(spins, betas, J, h, sweeps, key, backend):
+    return torch.empty_like(spins)
 
 
 # ---- sparse Boltzmann machine ---------------------------------------------------------------------------
@@ -480,10 +544,20 @@ def boltzmann_gibbs(x, coupling, bias, *, colors=None, beta=1.0, sweeps=1, gener
         raise ValueError(f"bias: expected shape [{n}], got {tuple(bias.shape)}")
     beta = _real("beta", beta, positive=True)
     sweeps = _int("sweeps", sweeps)
+    if colors is not None:
+        _tensor("colors", colors, 1)
+    name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED, x.dtype != torch.float64)
+    if torch.compiler.is_compiling():
+        return _boltzmann_gibbs_op(x, coupling, bias, colors, beta, sweeps, op_key(generator, x.device), name)
+    return _boltzmann_run(name, x, coupling, bias, colors, beta, sweeps, draw_key(generator, x.device))
+
+
+def _boltzmann_run(name, x, coupling, bias, colors, beta, sweeps, key):
+    """The data-dependent checks (symmetry, colouring, 0/1 states) and the sweeps."""
+    batch, n = x.shape
     indptr, indices, values = _coupling_csr(coupling.detach(), n, x.device)
     if colors is None:
         colors = graph_coloring(coupling)
-    _tensor("colors", colors, 1)
     if colors.shape[0] != n or colors.dtype.is_floating_point:
         raise ValueError(f"colors: expected an integer tensor of shape [{n}], got {colors.dtype} {tuple(colors.shape)}")
     colors = colors.to(device=indptr.device, dtype=torch.int64)
@@ -492,8 +566,7 @@ def boltzmann_gibbs(x, coupling, bias, *, colors=None, beta=1.0, sweeps=1, gener
         raise ValueError("colors: not a proper colouring (two coupled nodes share a colour)")
     if x.numel() and not bool(((x == 0) | (x == 1)).all()):
         raise ValueError("x: expected every value to be 0 or 1")
-    name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED, x.dtype != torch.float64)
-    seed, offset = draw_key(generator, x.device)
+    seed, offset = key
     if name == "torch":
         dense = coupling.to_dense() if coupling.layout != torch.strided else coupling
         return ref.bm_gibbs(x, dense.to(x.device), bias, colors.to(x.device), beta=beta, sweeps=sweeps, seed=seed,
@@ -521,6 +594,18 @@ def boltzmann_gibbs(x, coupling, bias, *, colors=None, beta=1.0, sweeps=1, gener
     return xs.to(x.dtype)
 
 
+@torch.library.custom_op("genengine::boltzmann_gibbs", mutates_args=())
+def _boltzmann_gibbs_op(x: torch.Tensor, coupling: torch.Tensor, bias: torch.Tensor, colors: torch.Tensor | None,
+                        beta: float, sweeps: int, key: torch.Tensor, backend: str) -> torch.Tensor:
+    out = _boltzmann_run(backend, x, coupling, bias, colors, beta, sweeps, key_ints(key))
+    return out.clone() if out is x else out
+
+
+@_boltzmann_gibbs_op.register_fake
+def _(x, coupling, bias, colors, beta, sweeps, key, backend):
+    return torch.empty_like(x)
+
+
 # ---- Langevin ----------------------------------------------------------------------------------------------
 
 
@@ -544,32 +629,48 @@ def langevin_step(x, grad, step_size, *, noise_scale=1.0, clamp=None, generator=
         lo, hi = _real("clamp[0]", clamp[0]), _real("clamp[1]", clamp[1])
         if lo > hi:
             raise ValueError(f"clamp: expected lo <= hi, got ({lo}, {hi})")
-    name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED, x.dtype != torch.float64)
-    seed, offset = draw_key(generator, x.device)
-    if name == "torch":
-        r = ref.langevin_step(x.detach(), grad.detach().to(x.dtype), step, noise_scale=ns,
-                              clamp=None if clamp is None else (lo, hi), seed=seed, offset=offset)
-        return r if out is None else out.copy_(r)
-    xs = x.detach().to(torch.float32).contiguous()
-    gs = grad.detach().to(torch.float32).contiguous()
     if out is not None:
         _tensor("out", out)
         if out.shape != x.shape or out.dtype != torch.float32 or not out.is_contiguous() or out.device != x.device:
             raise ValueError("out: expected a contiguous float32 tensor of x's shape on x's device")
-        res = out
-    else:
-        res = torch.empty_like(xs)
+    name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED, x.dtype != torch.float64)
+    if torch.compiler.is_compiling():
+        r = _langevin_step_op(x, grad, step, ns, clamp is not None, lo, hi, op_key(generator, x.device), name)
+        return r if out is None else out.copy_(r)
+    return _langevin_run(name, x, grad, step, ns, clamp is not None, lo, hi, draw_key(generator, x.device), out)
+
+
+def _langevin_run(name, x, grad, step, ns, has_clamp, lo, hi, key, out):
+    seed, offset = key
+    if name == "torch":
+        r = ref.langevin_step(x.detach(), grad.detach().to(x.dtype), step, noise_scale=ns,
+                              clamp=(lo, hi) if has_clamp else None, seed=seed, offset=offset)
+        return r if out is None else out.copy_(r)
+    xs = x.detach().to(torch.float32).contiguous()
+    gs = grad.detach().to(torch.float32).contiguous()
+    res = out if out is not None else torch.empty_like(xs)
     half, coef = 0.5 * step, math.sqrt(step) * ns
     if name == "cpp":
         _backends.load_cpp().langevin_step(xs.numel(), xs.data_ptr(), gs.data_ptr(), res.data_ptr(), half, coef,
-                                           int(clamp is not None), lo, hi, seed, offset)
+                                           int(has_clamp), lo, hi, seed, offset)
     elif name == "triton":
-        _backends.load_kernels("gibbs").langevin_step(xs, gs, res, half, coef, clamp is not None, lo, hi, seed, offset)
+        _backends.load_kernels("gibbs").langevin_step(xs, gs, res, half, coef, has_clamp, lo, hi, seed, offset)
     else:
         with torch.cuda.device(x.device):
             _backends.load_cuda().langevin_step(xs.numel(), xs.data_ptr(), gs.data_ptr(), res.data_ptr(), half, coef,
-                                                int(clamp is not None), lo, hi, seed, offset, _stream(xs))
+                                                int(has_clamp), lo, hi, seed, offset, _stream(xs))
     return res if (out is not None or x.dtype == torch.float32) else res.to(x.dtype)
+
+
+@torch.library.custom_op("genengine::langevin_step", mutates_args=())
+def _langevin_step_op(x: torch.Tensor, grad: torch.Tensor, step: float, noise_scale: float, has_clamp: bool, lo: float,
+                      hi: float, key: torch.Tensor, backend: str) -> torch.Tensor:
+    return _langevin_run(backend, x, grad, step, noise_scale, has_clamp, lo, hi, key_ints(key), None)
+
+
+@_langevin_step_op.register_fake
+def _(x, grad, step, noise_scale, has_clamp, lo, hi, key, backend):
+    return torch.empty_like(x)
 
 
 reference = ref

@@ -35,7 +35,11 @@ def _default_generator(device):
 
 
 def draw_key(generator=None, device=None):
-    """A fresh (seed, offset) pair from `generator` (torch's default generator for `device` if None)."""
+    """A fresh (seed, offset) pair from `generator` (torch's default generator for `device` if None).
+    generator may also be a key itself: an int64 [2] tensor of the (seed, offset) bits (key_tensor), the
+    form compiled code passes, since torch.compile cannot read a torch.Generator inside a graph."""
+    if isinstance(generator, torch.Tensor):
+        return key_ints(_checked_key_tensor(generator))
     if generator is None:
         generator = _default_generator(torch.device(device) if device is not None else torch.device("cpu"))
     elif not isinstance(generator, torch.Generator):
@@ -47,6 +51,33 @@ def draw_key(generator=None, device=None):
         offset = generator.get_offset()
         generator.set_offset(offset + 4)
         offset |= _CUDA_STREAM_BIT
+    return seed, offset
+
+
+def key_tensor(seed, offset):
+    """(seed, offset) as a CPU int64 [2] tensor of their signed bits: how a key crosses a torch.library op,
+    so that a new key is new data to torch.compile, not a new constant (no recompilation per draw)."""
+    return torch.tensor([v - (1 << 64) if v >= 1 << 63 else v for v in (seed, offset)], dtype=torch.int64)
+
+
+def _checked_key_tensor(key):
+    if key.dtype != torch.int64 or key.shape != (2,):
+        raise ValueError(f"generator: a key tensor must be int64 of shape [2] (seed, offset), got {key.dtype} "
+                         f"{tuple(key.shape)}")
+    return key
+
+
+def op_key(generator, device):
+    """The key as the registered (torch.library) ops take it: an int64 [2] tensor, drawn from `generator`
+    unless it is one already (then used as is, so that a compiled graph reads it as data)."""
+    if isinstance(generator, torch.Tensor):
+        return _checked_key_tensor(generator)
+    return key_tensor(*draw_key(generator, device))
+
+
+def key_ints(key):
+    """The (seed, offset) pair of a key_tensor."""
+    seed, offset = (int(v) & _MASK64 for v in key.tolist())
     return seed, offset
 
 
