@@ -99,10 +99,13 @@ def test_rbm_fit_raises_exact_likelihood(persistent, gen):
     m = ge.models.RBM(12, 6)
     before = float(m.log_prob(x).mean())
     seen = []
-    m.fit(x, epochs=25, batch_size=50, lr=0.1, k=1, persistent=persistent, n_chains=200, progress=False, generator=gen,
-          callback=lambda _m, info: seen.append(info["epoch"]))
+    # PCD's persistent chains lag the model: at CD's lr 0.1 about 4% of seeds gained < 2.5 nats in 25 epochs;
+    # at 0.05 for 50 epochs the smallest gain over 120 seeds was 3.5
+    epochs, lr = (50, 0.05) if persistent else (25, 0.1)
+    m.fit(x, epochs=epochs, batch_size=50, lr=lr, k=1, persistent=persistent, n_chains=200, progress=False,
+          generator=gen, callback=lambda _m, info: seen.append(info["epoch"]))
     after = float(m.log_prob(x).mean())
-    assert seen == list(range(25))
+    assert seen == list(range(epochs))
     assert after > before + 2.5, (before, after)  # the data's entropy bound is about -3.5
     # samples look like the prototypes
     s = m.sample(300, steps=200, generator=gen)
