@@ -393,3 +393,17 @@ def test_model_bad_inputs():
         _ = cat.means_
     with pytest.raises(ValueError, match="at least n_states"):
         ge.models.HMM(5).fit(torch.zeros(3, 2), progress=False)
+
+
+def test_save_load_with_a_generator_random_state(tmp_path, gen):
+    """A torch.Generator constructor argument is saved as its state: the loaded model's generator
+    continues the same stream."""
+    rs = torch.Generator().manual_seed(int(torch.randint(0, 2**31, (), generator=gen)))
+    m = ge.models.HMM(2, n_iter=3, random_state=rs)
+    m.fit(_three_state().sample(4, length=30, generator=gen), progress=False)
+    m.save(tmp_path / "hmm.pt")
+    back = ge.models.load(tmp_path / "hmm.pt")
+    assert isinstance(back.random_state, torch.Generator) and back.random_state is not rs
+    assert torch.equal(back.random_state.get_state(), rs.get_state())
+    assert torch.equal(torch.rand(5, generator=back.random_state), torch.rand(5, generator=rs))
+    assert torch.equal(back.transmat_, m.transmat_)

@@ -136,7 +136,7 @@ class GenerativeModel(nn.Module):
         if unknown:
             raise TypeError(f"{name}.load: unexpected argument(s) {', '.join(unknown)} (the saved model's network "
                             f"arguments are: {', '.join(doc['modules']) or 'none'})")
-        model = target(**doc["config"], **modules)
+        model = target(**_unplain(doc["config"]), **modules)
         model._load_saved_state(doc["state_dict"])
         return model
 
@@ -186,6 +186,22 @@ def _resize_buffer(module, key, value):
         owner._parameters[leaf] = nn.Parameter(torch.empty_like(value, device=old.device), requires_grad=old.requires_grad)
 
 
+_GENERATOR_TAG = "__torch.Generator__"
+
+
+def _unplain(v):
+    """The inverse of _plain: torch.Generators rebuilt from their saved state."""
+    if isinstance(v, dict):
+        if _GENERATOR_TAG in v:
+            g = torch.Generator(device=v[_GENERATOR_TAG])
+            g.set_state(v["state"])
+            return g
+        return {k: _unplain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(_unplain(x) for x in v)
+    return v
+
+
 def _plain(where, v):
     """v if torch.save/weights_only can store and restore it exactly, else a TypeError."""
     if v is None or isinstance(v, (bool, str, numbers.Number, torch.dtype, torch.device)):
@@ -196,6 +212,8 @@ def _plain(where, v):
         return type(v)(_plain(where, x) for x in v)
     if isinstance(v, dict):
         return {k: _plain(where, x) for k, x in v.items()}
+    if isinstance(v, torch.Generator):  # e.g. random_state=: stored as its device and current state
+        return {_GENERATOR_TAG: str(v.device), "state": v.get_state()}
     raise TypeError(f"{where}: a {type(v).__name__} argument cannot be saved; pass numbers, strings, tensors or networks")
 
 
