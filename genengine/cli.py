@@ -9,9 +9,12 @@
     genengine demo FAMILY|all|list [--out DIR] [--quick] [--seed N]
                                                   fit a family on its toy data; DIR/FAMILY.png shows data
                                                   beside samples; `all` also draws DIR/gallery.png
-    genengine sample MODEL_FILE -n N --out FILE [--seed N]
+    genengine sample MODEL_FILE -n N --out FILE [--seed N] [--network NAME=MODULE:ATTR ...]
                                                   samples of a model saved with model.save(); FILE's
-                                                  extension picks the format: .pt .npy .csv .png
+                                                  extension picks the format: .pt .npy .csv .png;
+                                                  --network rebuilds a network the model was built
+                                                  with (a module or a zero-argument factory, from an
+                                                  importable module or a path/to/file.py)
 Options for every command: --quiet (no progress bars or chatter), --json (one JSON document on stdout;
 for bench, --json FILE is the suite's own JSON output). Exit status: 0 on success, 1 when a demo
 fails, 2 for bad arguments.
@@ -50,6 +53,9 @@ def _parser():
     p.add_argument("-n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output file: .pt (tensor), .npy, .csv (2-D samples) or .png (picture)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--network", action="append", default=[], metavar="NAME=MODULE:ATTR",
+                   help="a network argument of the saved model (e.g. decoder=mynets:make_decoder): an nn.Module or "
+                        "a zero-argument callable returning one; MODULE is importable or a path to a .py file")
     _common(p)
     return parser
 
@@ -227,7 +233,12 @@ def _sample(args, parser):
     if ext not in (".pt", ".npy", ".csv", ".png"):
         parser.error(f"sample: --out {args.out!r}: expected a .pt, .npy, .csv or .png file name")
     try:
-        model = load(args.model_file)
+        networks = dict(_network_arg(spec) for spec in args.network)
+    except (ValueError, ImportError, AttributeError, OSError, TypeError) as e:
+        print(f"genengine sample: --network: {e}", file=sys.stderr)
+        return 2
+    try:
+        model = load(args.model_file, **networks)
     except FileNotFoundError as e:
         print(f"genengine sample: {e}", file=sys.stderr)
         return 2
@@ -235,7 +246,7 @@ def _sample(args, parser):
         print(f"genengine sample: {e}", file=sys.stderr)
         return 2
     except TypeError as e:  # built with networks that the file does not store
-        print(f"genengine sample: {e} (the command line cannot rebuild networks; load the model in Python)", file=sys.stderr)
+        print(f"genengine sample: {e} (on the command line: --network NAME=MODULE:ATTR)", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -254,6 +265,35 @@ def _sample(args, parser):
     elif not args.quiet:
         print(f"wrote {args.out}: {args.n} samples of shape {tuple(s.shape[1:])} from {info['model']}")
     return 0
+
+
+def _network_arg(spec):
+    """(name, nn.Module) from NAME=MODULE:ATTR; ATTR is a module or a zero-argument factory of one."""
+    import importlib
+    import importlib.util
+
+    from torch import nn
+
+    name, eq, target = spec.partition("=")
+    mod_name, colon, attr = target.rpartition(":")
+    if not eq or not name.isidentifier() or not colon or not mod_name or not attr:
+        raise ValueError(f"expected NAME=MODULE:ATTR (e.g. decoder=mynets:make_decoder), got {spec!r}")
+    if mod_name.endswith(".py"):
+        where = importlib.util.spec_from_file_location(f"_genengine_cli_{name}", mod_name)
+        if where is None:
+            raise ImportError(f"cannot import {mod_name!r}")
+        module = importlib.util.module_from_spec(where)
+        where.loader.exec_module(module)
+    else:
+        module = importlib.import_module(mod_name)
+    obj = getattr(module, attr)
+    if not isinstance(obj, nn.Module):
+        if not callable(obj):
+            raise TypeError(f"{target}: expected an nn.Module or a zero-argument callable returning one, got {type(obj).__name__}")
+        obj = obj()
+        if not isinstance(obj, nn.Module):
+            raise TypeError(f"{target}(): returned a {type(obj).__name__}, not an nn.Module")
+    return name, obj
 
 
 def _write_samples(s, path, ext, title):

@@ -1,6 +1,7 @@
 """The command line: every command exits 0 and writes its files (tiny settings), bad arguments exit 2,
 and the demos' building blocks (WAV writer, toy data) do what they say."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -178,3 +179,38 @@ def test_toy_audio_and_video_data_shapes():
     assert bool((on > 4).all())  # the shape is in every frame
     centre = [(clips[0, 0, t] > 0).nonzero().float().mean(0) for t in range(6)]
     assert float((centre[1] - centre[0]).norm()) > 0.5  # and it moves
+
+
+def test_sample_rebuilds_networks_from_the_command_line(tmp_path, capsys):
+    """A VAE saved with user networks: --network NAME=FILE.py:FACTORY passes them back at load."""
+    nets = tmp_path / "mynets.py"
+    nets.write_text(
+        "import torch\n"
+        "def make_encoder():\n"
+        "    torch.manual_seed(0)\n"
+        "    return torch.nn.Linear(6, 4)\n"
+        "def make_decoder():\n"
+        "    torch.manual_seed(1)\n"
+        "    return torch.nn.Linear(2, 6)\n"
+        "not_a_net = 3\n")
+    spec = importlib.util.spec_from_file_location("mynets_for_test", nets)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vae = ge.models.VAE(mod.make_encoder(), mod.make_decoder(), latent_dim=2)
+    with torch.no_grad():  # weights that differ from the factories' initialisation: the file's must win
+        vae.decoder.weight.mul_(3.0)
+    path = tmp_path / "vae.pt"
+    vae.save(path)
+    out = tmp_path / "s.pt"
+    args = ["sample", str(path), "-n", "5", "--out", str(out), "--seed", "4", "--quiet"]
+    assert cli.main(args) == 2
+    assert "--network NAME=MODULE:ATTR" in capsys.readouterr().err
+    assert cli.main(args + ["--network", f"encoder={nets}:make_encoder", "--network", f"decoder={nets}:make_decoder"]) == 0
+    got = torch.load(out)
+    with torch.no_grad():
+        want = vae.sample(5, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(got, want)
+    for bad, msg in (("encoder", "expected NAME=MODULE:ATTR"), (f"encoder={nets}:not_a_net", "expected an nn.Module"),
+                     (f"encoder={nets}:missing", "missing"), ("encoder=no_such_module_xyz:f", "no_such_module_xyz")):
+        assert cli.main(args + ["--network", bad]) == 2
+        assert msg in capsys.readouterr().err
