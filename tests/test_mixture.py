@@ -69,6 +69,23 @@ def test_e_step_matches_reference(backend, ct, dtype, gen):
             assert s is None
 
 
+@pytest.mark.parametrize("ct", ["diag", "spherical"])
+def test_e_step_far_from_the_origin_without_a_shift(ct, gen):
+    """The diagonal kernels expand (x - mu)^2 p; without a shift they centre on the component means, so
+    data at 1e6 (x^2 ~ 1e12 against (x - mu)^2 ~ 1) keeps float64 accuracy, statistics included."""
+    n, k, d = 257, 5, 7
+    w, mu, _, pc = _params(gen, k, d, ct)
+    mu = mu + 1e6
+    x = mu[torch.randint(0, k, (n,), generator=gen)] + torch.randn(n, d, generator=gen, dtype=F64)
+    ln, lr = ref.e_step(x, w, mu, pc, ct)
+    st = ref.sufficient_stats(x, lr.exp(), ct)
+    a, r, s = mxops.gmm_e_step(x, w, mu, pc, ct, resp="prob", stats=True, backend="cpp")
+    assert _rel(a, ln) < 1e-10
+    assert float((r - lr.exp()).abs().max()) < 1e-9
+    for got, exp, name in zip(s, st, ("nk", "sx", "sxx")):
+        assert _rel(got, exp) < 1e-10, name
+
+
 def test_e_step_takes_a_lower_triangular_factor(gen):
     # precisions_cholesky_ right after precisions_init is the (lower) Cholesky factor of the precision
     w, mu, cov, pc = _params(gen, 3, 4, "full")

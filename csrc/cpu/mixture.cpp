@@ -38,20 +38,84 @@ constexpr int NV = TB / 4;        // row vectors per block
 constexpr int64_t kBlocksPerChunk = 16;
 
 struct Work {
-  std::vector<double> xt, yt, lp, rx;
+  std::vector<double> xt, yt, lp, rx, acc;  // acc: diag / spherical moment accumulators, 4 lanes each
 };
 
+// Diagonal and spherical log-densities in expanded form, lp_c = q_c + sum_i (ah_ci x_i^2 + bm_ci x_i)
+// with ah = -p / 2, bm = p mu, q_c = cst_c - sum_i p_ci mu_ci^2 / 2 (p the precisions): two FMAs per
+// (row, component, feature) against three for (x - mu)^2 p. NC components share each load of x, x^2;
+// ah and bm come broadcast (4 copies of each coefficient): a vector load, where a broadcast of a scalar
+// costs the FMA pipes two shuffles in GCC's code.
+template <int NC>
+GE_VM_INLINE void diag_dist(const double* xt, const double* x2t, const double* ah, const double* bm, const double* q,
+                            int64_t d, double* lp) {
+  for (int v = 0; v < NV; v += 4) {
+    v4d m[NC][4];
+    for (int c = 0; c < NC; ++c)
+      for (int u = 0; u < 4; ++u) m[c][u] = vm::splat(q[c]);
+    for (int64_t i = 0; i < d; ++i) {
+      const double* xr = xt + i * TB + 4 * v;
+      const double* x2r = x2t + i * TB + 4 * v;
+      for (int u = 0; u < 4; ++u) {
+        const v4d xv = vm::load4(xr + 4 * u), x2v = vm::load4(x2r + 4 * u);
+        for (int c = 0; c < NC; ++c) {  // two separate updates: two FMAs (a sum of products is mul + fma + add)
+          m[c][u] += vm::load4(ah + (c * d + i) * 4) * x2v;
+          m[c][u] += vm::load4(bm + (c * d + i) * 4) * xv;
+        }
+      }
+    }
+    for (int c = 0; c < NC; ++c)
+      for (int u = 0; u < 4; ++u) vm::store4(lp + c * TB + 4 * v + 4 * u, m[c][u]);
+  }
+}
+
+// sum_t r_c[t] x_i[t] and sum_t r_c[t] x_i[t]^2 over a block for NC components at once (x and x^2
+// loaded once for all of them), added to 4-lane accumulators (summed across lanes once per chunk)
+template <int NC>
+GE_VM_INLINE void diag_moments(const double* xt, const double* x2t, const double* r, int64_t d, double* acc) {
+  for (int64_t i = 0; i < d; ++i) {
+    v4d s1[NC], s2[NC];
+    for (int c = 0; c < NC; ++c) s1[c] = s2[c] = v4d{};
+    for (int v = 0; v < NV; ++v) {
+      const v4d xv = vm::load4(xt + i * TB + 4 * v), x2v = vm::load4(x2t + i * TB + 4 * v);
+      for (int c = 0; c < NC; ++c) {
+        const v4d rv = vm::load4(r + c * TB + 4 * v);
+        s1[c] += rv * xv;
+        s2[c] += rv * x2v;
+      }
+    }
+    for (int c = 0; c < NC; ++c) {
+      double* a1 = acc + (c * d + i) * 8;
+      vm::store4(a1, vm::load4(a1) + s1[c]);
+      vm::store4(a1 + 4, vm::load4(a1 + 4) + s2[c]);
+    }
+  }
+}
+
+// xt[i][t] = x[t][i] - shift[i], zero past the rows and past d. x is read row by row (sequentially,
+// so the hardware prefetcher streams it) and scattered into the transposed block, which stays in L1:
+// reading it column by column instead (stride d) was a fifth of the whole diagonal E-step.
 template <typename T>
 GE_VM_INLINE void load_block(const T* x, const double* shift, int64_t d, int64_t dp, int rows, double* xt) {
+  double s[256];
+  const bool small = d <= 256;
+  if (small)
+    for (int64_t i = 0; i < d; ++i) s[i] = shift ? shift[i] : 0.0;
+  for (int t = 0; t < rows; ++t) {
+    const T* xr = x + int64_t(t) * d;
+    // the rows two blocks ahead (the hardware prefetcher alone left this load a fifth of the time);
+    // prefetching past the array's end is harmless
+    for (int64_t o = 0; o < d * int64_t(sizeof(T)); o += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(xr + 2 * TB * d) + o);
+    if (small) {
+      for (int64_t i = 0; i < d; ++i) xt[i * TB + t] = double(xr[i]) - s[i];
+    } else {
+      for (int64_t i = 0; i < d; ++i) xt[i * TB + t] = double(xr[i]) - (shift ? shift[i] : 0.0);
+    }
+  }
   for (int64_t i = 0; i < dp; ++i) {
     double* row = xt + i * TB;
-    if (i >= d) {
-      for (int t = 0; t < TB; ++t) row[t] = 0.0;
-      continue;
-    }
-    const double s = shift ? shift[i] : 0.0;
-    for (int t = 0; t < rows; ++t) row[t] = double(x[int64_t(t) * d + i]) - s;
-    for (int t = rows; t < TB; ++t) row[t] = 0.0;
+    for (int t = i < d ? rows : 0; t < TB; ++t) row[t] = 0.0;
   }
 }
 
@@ -126,7 +190,7 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
     load_block(x + r * d, a.shift, d, dp + 4, rows, xt);  // 4 zero rows past dp: the 1 x 4 blocks of sxx read them
     // ---- log-densities lp[c][t]
     if constexpr (COV == 1) tri_apply(xt, upk, d, w.yt.data());
-    for (int64_t c = 0; c < k; ++c) {
+    for (int64_t c = 0; c < (COV <= 1 ? k : 0); ++c) {
       double* l = lp + c * TB;
       if constexpr (COV == 0) {
         tri_dist(xt, upk + c * P, a.b + c * d, d, l);
@@ -140,44 +204,23 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
           }
           vm::store4(l + 4 * v, m);
         }
-      } else {
-        // 4 row vectors at a time, so each feature's mean and precision are broadcast once per 16 rows
-        const double* mu = a.b + c * d;
-        for (int v = 0; v < NV; v += 4) {
-          v4d m0 = v4d{}, m1 = v4d{}, m2 = v4d{}, m3 = v4d{};
-          for (int64_t i = 0; i < d; ++i) {
-            const double* xr = xt + i * TB + 4 * v;
-            const v4d mv = vm::splat(mu[i]);
-            const v4d e0 = vm::load4(xr) - mv, e1 = vm::load4(xr + 4) - mv;
-            const v4d e2 = vm::load4(xr + 8) - mv, e3 = vm::load4(xr + 12) - mv;
-            if constexpr (COV == 2) {
-              const v4d pv = vm::splat(a.prec[c * d + i]);
-              m0 += e0 * e0 * pv;
-              m1 += e1 * e1 * pv;
-              m2 += e2 * e2 * pv;
-              m3 += e3 * e3 * pv;
-            } else {
-              m0 += e0 * e0;
-              m1 += e1 * e1;
-              m2 += e2 * e2;
-              m3 += e3 * e3;
-            }
-          }
-          if constexpr (COV == 3) {
-            const double pc = a.prec[c];
-            m0 *= pc;
-            m1 *= pc;
-            m2 *= pc;
-            m3 *= pc;
-          }
-          vm::store4(l + 4 * v, m0);
-          vm::store4(l + 4 * v + 4, m1);
-          vm::store4(l + 4 * v + 8, m2);
-          vm::store4(l + 4 * v + 12, m3);
-        }
       }
-      const double cc = a.cst[c];
-      for (int v = 0; v < NV; ++v) vm::store4(l + 4 * v, cc - 0.5 * vm::load4(l + 4 * v));
+      if constexpr (COV <= 1) {
+        const double cc = a.cst[c];
+        for (int v = 0; v < NV; ++v) vm::store4(l + 4 * v, cc - 0.5 * vm::load4(l + 4 * v));
+      }
+    }
+    if constexpr (COV >= 2) {
+      double* x2t = w.rx.data();
+      for (int64_t i = 0; i < d; ++i)
+        for (int v = 0; v < NV; ++v) {
+          const v4d xv = vm::load4(xt + i * TB + 4 * v);
+          vm::store4(x2t + i * TB + 4 * v, xv * xv);
+        }
+      const double *ah = upk, *bm = upk + 4 * k * d, *q = upk + 8 * k * d;
+      int64_t c = 0;
+      for (; c + 2 <= k; c += 2) diag_dist<2>(xt, x2t, ah + 4 * c * d, bm + 4 * c * d, q + c, d, lp + c * TB);
+      if (c < k) diag_dist<1>(xt, x2t, ah + 4 * c * d, bm + 4 * c * d, q + c, d, lp + c * TB);
     }
     // ---- log-sum-exp over components; when responsibilities are wanted, e = exp(lp - max) is kept in
     // place of lp and r = e / sum e (one exp per (row, component), not two)
@@ -235,17 +278,12 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
       }
       if (vm::hmax(any) == 0.0) continue;  // every responsibility underflowed to 0: nothing to add
       nk[c] += vm::hsum(tot);
-      if constexpr (COV != 0) {  // first and (diagonal) second moments in one sweep
+      if constexpr (COV >= 2) continue;  // their moments: below, components 4 at a time
+      if constexpr (COV == 1) {  // first moments only
         for (int64_t i = 0; i < d; ++i) {
-          v4d s1 = v4d{}, s2 = v4d{};
-          for (int v = 0; v < NV; ++v) {
-            const v4d xv = vm::load4(xt + i * TB + 4 * v);
-            const v4d p = vm::load4(rc + 4 * v) * xv;
-            s1 += p;
-            s2 += p * xv;
-          }
+          v4d s1 = v4d{};
+          for (int v = 0; v < NV; ++v) s1 += vm::load4(rc + 4 * v) * vm::load4(xt + i * TB + 4 * v);
           sx[c * d + i] += vm::hsum(s1);
-          if constexpr (COV >= 2) sxx[c * d + i] += vm::hsum(s2);
         }
         continue;
       }
@@ -282,6 +320,22 @@ GE_VM_INLINE void gmm_chunk(const GmmArgs& a, const double* upk, int64_t r0, int
         }
       }
     }
+    if constexpr (COV >= 2) {
+      const double* x2t = w.rx.data();
+      double* acc = w.acc.data();
+      int64_t c = 0;
+      for (; c + 4 <= k; c += 4) diag_moments<4>(xt, x2t, lp + c * TB, d, acc + c * d * 8);
+      for (; c < k; ++c) diag_moments<1>(xt, x2t, lp + c * TB, d, acc + c * d * 8);
+    }
+  }
+  if constexpr (COV >= 2) {
+    if (stats) {
+      const double* acc = w.acc.data();
+      for (int64_t j = 0; j < k * d; ++j) {
+        sx[j] += vm::hsum(vm::load4(acc + j * 8));
+        sxx[j] += vm::hsum(vm::load4(acc + j * 8 + 4));
+      }
+    }
   }
 }
 
@@ -316,6 +370,36 @@ void gmm_e_step(const GmmArgs& a) {
         for (int64_t i = 0; i <= j; ++i) *o++ = a.prec[c * d * d + i * d + j];
     }
   }
+  // diag / spherical: expanded-form coefficients (see diag_dist), in a frame centred on the mean of
+  // the component means when the caller gives no shift, so that x^2 cannot dwarf (x - mu)^2 for data
+  // far from the origin; the moments are moved back to x's frame after the sum
+  GmmArgs ca = a;
+  std::vector<double> centre, bc;
+  if (a.cov >= 2) {
+    if (!a.shift) {
+      centre.assign(size_t(d), 0.0);
+      bc.resize(size_t(k * d));
+      for (int64_t c = 0; c < k; ++c)
+        for (int64_t i = 0; i < d; ++i) centre[size_t(i)] += a.b[c * d + i] / double(k);
+      for (int64_t c = 0; c < k; ++c)
+        for (int64_t i = 0; i < d; ++i) bc[size_t(c * d + i)] = a.b[c * d + i] - centre[size_t(i)];
+      ca.shift = centre.data();
+      ca.b = bc.data();
+    }
+    upk.assign(size_t(8 * k * d + k), 0.0);  // ah, bm broadcast 4 times, then q
+    for (int64_t c = 0; c < k; ++c) {
+      double q = a.cst[c];
+      for (int64_t i = 0; i < d; ++i) {
+        const double p = a.cov == 2 ? a.prec[c * d + i] : a.prec[c], mu = ca.b[c * d + i];
+        for (int l = 0; l < 4; ++l) {
+          upk[size_t((c * d + i) * 4 + l)] = -0.5 * p;
+          upk[size_t(4 * k * d + (c * d + i) * 4 + l)] = p * mu;
+        }
+        q -= 0.5 * p * mu * mu;
+      }
+      upk[size_t(8 * k * d + c)] = q;
+    }
+  }
   const int64_t sxx_len = a.cov == 0 ? k * d * d : (a.cov == 1 ? 0 : k * d);
   const int64_t st_len = k + k * d + sxx_len;
   const int64_t rows_per_chunk = kBlocksPerChunk * TB;
@@ -331,6 +415,7 @@ void gmm_e_step(const GmmArgs& a) {
     w.yt.assign(a.cov == 1 ? size_t(dp * TB) : 0, 0.0);
     w.lp.assign(size_t(k * TB), 0.0);
     w.rx.assign(size_t(dp * TB), 0.0);
+    if (a.cov >= 2 && stats) w.acc.assign(size_t(k * d * 8), 0.0);
     std::vector<double> scratch;
     double* st = nullptr;
     if (stats) {
@@ -340,7 +425,7 @@ void gmm_e_step(const GmmArgs& a) {
       st = scratch.data();
     }
     const int64_t r0 = ci * rows_per_chunk, r1 = std::min(a.n, r0 + rows_per_chunk);
-    run(a, upk.data(), r0, r1, st, w, &llp[size_t(ci)]);
+    run(ca, upk.data(), r0, r1, st, w, &llp[size_t(ci)]);
   });
   if (a.ll_sum) {
     double t = 0.0;
@@ -357,6 +442,13 @@ void gmm_e_step(const GmmArgs& a) {
     for (int64_t j = 0; j < k * d; ++j) a.sx[j] += p[k + j];
     for (int64_t j = 0; j < sxx_len; ++j) a.sxx[j] += p[k + k * d + j];
   }
+  if (!centre.empty())  // moments of x - centre -> of x: sum r x^2 = sxx' + 2 c sx' + nk c^2, sum r x = sx' + nk c
+    for (int64_t c = 0; c < k; ++c)
+      for (int64_t i = 0; i < d; ++i) {
+        const double ci = centre[size_t(i)], s1 = a.sx[c * d + i];
+        a.sxx[c * d + i] += 2.0 * ci * s1 + a.nk[c] * ci * ci;
+        a.sx[c * d + i] = s1 + a.nk[c] * ci;
+      }
   if (a.cov == 0)  // mirror the upper half
     for (int64_t c = 0; c < k; ++c)
       for (int64_t i = 0; i < d; ++i)

@@ -37,7 +37,9 @@ GE_VM_INLINE void store4(float* p, v4d v) {
   const v4f f = __builtin_convertvector(v, v4f);
   std::memcpy(p, &f, sizeof f);
 }
-GE_VM_INLINE v4d splat(double v) { return v4d{} + v; }
+// {v, v, v, v}, not v4d{} + v: adding 0.0 is no identity for -0.0, so the compiler keeps an add (an FP
+// uop) before every broadcast
+GE_VM_INLINE v4d splat(double v) { return v4d{v, v, v, v}; }
 GE_VM_INLINE double hsum(v4d v) { return (v[0] + v[1]) + (v[2] + v[3]); }
 GE_VM_INLINE double hmax(v4d v) {
   const double a = v[0] > v[1] ? v[0] : v[1], b = v[2] > v[3] ? v[2] : v[3];
