@@ -605,11 +605,12 @@ def _gan(ctx):
     n = 512 if ctx.quick else 2048
     x, _ = _two_moons(ctx, n, salt=120)
     torch.manual_seed(ctx.seed)
-    model = _models.GAN(_mlp(4, 64, 2), _mlp(2, 64, 1), 4, loss="non_saturating", r1=0.1)
+    model = _models.GAN(_mlp(4, 64, 2), _mlp(2, 64, 1), 4, loss="non_saturating", r1=1.0)
     ep = 1 if ctx.quick else 60
-    model.fit(x, epochs=ep, batch_size=128, lr=2e-3, generator=ctx.generator(121), progress=ctx.progress)
+    model.fit(x, epochs=ep, batch_size=128, lr=2e-3, ema=0.99, generator=ctx.generator(121), progress=ctx.progress)
     s = model.sample(n, generator=ctx.generator(122))
-    return _points("gan", "GAN", x, s, f"{ep} epochs, non-saturating + R1 (implicit density)", _MOON_LIMITS)
+    return _points("gan", "GAN", x, s, f"{ep} epochs, non-saturating + R1, generator EMA (implicit density)",
+                   _MOON_LIMITS)
 
 
 @demo("pixelcnn", ["PixelCNN"], "gated PixelCNN on 12x12 binary seven-segment digits, cached pixel-by-pixel sampling")

@@ -122,11 +122,18 @@ class GAN(GenerativeModel):
         return F.softplus(-f).mean() if self.loss == "non_saturating" else -f.mean()
 
     def fit(self, data, *, epochs: int = 10, batch_size: int = 128, lr: float = 2e-4, betas=(0.5, 0.999),
-            generator: torch.Generator | None = None, progress: bool = True, callback=None):
+            ema: float | None = None, generator: torch.Generator | None = None, progress: bool = True,
+            callback=None):
         """Alternating Adam updates: per batch of data, n_critic discriminator steps, then one
         generator step; returns self. data: a tensor (N, *event) (shuffled into batches each epoch)
         or an iterable of batches. history_ gets the mean losses of each epoch;
-        callback(model, {"epoch", "d_loss", "g_loss"}) after each epoch (True stops)."""
+        callback(model, {"epoch", "d_loss", "g_loss"}) after each epoch (True stops).
+        ema: a decay in [0, 1) (e.g. 0.99): keep an exponential moving average of the generator's
+        parameters over the generator steps, and leave the generator holding that average when fit
+        returns (Karras et al. 2018): the late oscillations of adversarial training average out.
+        The callback sees the raw weights."""
+        if ema is not None and (isinstance(ema, bool) or not isinstance(ema, numbers.Real) or not 0 <= ema < 1):
+            raise ValueError(f"ema: expected None or a decay in [0, 1), got {ema!r}")
         epochs = positive_int("epochs", epochs)
         batch_size = positive_int("batch_size", batch_size)
         if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr > 0 or not math.isfinite(lr):
@@ -143,6 +150,8 @@ class GAN(GenerativeModel):
                 raise TypeError(f"data: expected a tensor (N, *event) or an iterable of batches, got {type(data).__name__}")
             total = None
         opt_g = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
+        g_params = [p for p in self.generator.parameters() if p.requires_grad]
+        averaged = [p.detach().clone() for p in g_params] if ema is not None else None
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=tuple(betas))
         was_training = self.training
         self.train()
@@ -168,6 +177,9 @@ class GAN(GenerativeModel):
                     opt_g.zero_grad(set_to_none=True)
                     g_loss.backward()
                     opt_g.step()
+                    if averaged is not None:
+                        with torch.no_grad():
+                            torch._foreach_lerp_(averaged, [p.detach() for p in g_params], 1.0 - ema)
                     ds, gs, c = ds + float(d_loss.detach()), gs + float(g_loss.detach()), c + 1
                     bar.update(1, d=f"{ds / c:.3f}", g=f"{gs / c:.3f}")
                 self.history_.append({"epoch": epoch, "d_loss": ds / max(c, 1), "g_loss": gs / max(c, 1)})
@@ -176,6 +188,10 @@ class GAN(GenerativeModel):
         finally:
             bar.close()
             self.train(was_training)
+            if averaged is not None:
+                with torch.no_grad():
+                    for p, a in zip(g_params, averaged):
+                        p.copy_(a)
         return self
 
     def _check(self, x, name):
