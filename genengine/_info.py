@@ -32,6 +32,7 @@ OPS = {
     "reparameterize / reparameterize_kl / gaussian_kl": ("torch", "cpp", "triton"),
     "rq_spline (forward, inverse, fused backward)": ("torch", "cpp", "triton", "cuda"),
     "affine_coupling (forward, inverse, fused backward)": ("torch", "cpp", "triton", "cuda"),
+    "made_affine_inverse (MAF sampling: the D steps in one call)": ("torch", "cpp"),
 }
 
 

@@ -5,6 +5,7 @@
 
 #include "common/bind_registry.h"
 #include "cpu/flows.h"
+#include "cpu/made.h"
 
 namespace {
 
@@ -67,7 +68,22 @@ void affine_coupling_bwd(bool f64, int64_t rows, int64_t d, bool inverse, uintpt
 
 }  // namespace
 
+void made_affine_inverse(bool f64, int64_t rows, int64_t d, int n_layers, uintptr_t sizes, uintptr_t bounds,
+                         uintptr_t weights, uintptr_t w_off, uintptr_t b_off, uintptr_t ctx, int64_t ctx_stride,
+                         uintptr_t c_off, double scale_bound, uintptr_t y, uintptr_t x, uintptr_t logdet) {
+  ge::MadeInverseArgs a;
+  a.f64 = f64; a.rows = rows; a.d = d; a.n_layers = n_layers;
+  a.sizes = static_cast<const int64_t*>(p(sizes)); a.bounds = static_cast<const int64_t*>(p(bounds));
+  a.weights = p(weights);
+  a.w_off = static_cast<const int64_t*>(p(w_off)); a.b_off = static_cast<const int64_t*>(p(b_off));
+  a.ctx = p(ctx); a.ctx_stride = ctx_stride; a.c_off = static_cast<const int64_t*>(p(c_off));
+  a.scale_bound = scale_bound;
+  a.y = p(y); a.x = p(x); a.logdet = p(logdet);
+  ge::made_affine_inverse(a);
+}
+
 GE_BIND(flows) {
+  m.def("made_affine_inverse", &made_affine_inverse, ge::nogil());
   m.def("rq_spline_fwd", &rq_spline_fwd, ge::nogil());
   m.def("rq_spline_bwd", &rq_spline_bwd, ge::nogil());
   m.def("affine_coupling_fwd", &affine_coupling_fwd, ge::nogil());

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from ..reference import flows as ref_flows
 
 __all__ = ["ActNorm", "InvConv1x1", "AffineCoupling", "SplineCoupling", "MADE", "MAFLayer", "AutoregressiveSpline",
            "Reverse", "Squeeze", "FlowSequence"]
@@ -317,6 +318,9 @@ class MADE(nn.Module):
         for _ in range(layers):
             degs.append(torch.arange(hidden) % max(1, d - 1) + 1)
             sizes.append(hidden)
+        self.hidden_degrees = degs[1:]
+        self._order = None
+        self._ordered_key, self._ordered_cache = None, None
         self.linears = nn.ModuleList()
         for i in range(layers):
             lin = nn.Linear(sizes[i], sizes[i + 1])
@@ -329,6 +333,44 @@ class MADE(nn.Module):
         nn.init.zeros_(self.out.bias)
         self.ctx = nn.ModuleList(nn.Linear(self.context_features, s, bias=False) for s in sizes[1:]) \
             if self.context_features else None
+
+    def degree_order(self):
+        """Per hidden layer (perm, bounds): perm sorts its units by degree (stable), and units of degree k
+        are perm[bounds[k]:bounds[k + 1]]. A relabelling of the units (the function is unchanged) under
+        which each degree is one contiguous slice."""
+        if self._order is None:
+            self._order = []
+            for deg in self.hidden_degrees:
+                perm = torch.argsort(deg, stable=True)
+                # degrees 0 .. D-1 (a unit of degree >= D, as with D = 1, feeds no output: never computed)
+                counts = torch.bincount(deg, minlength=self.features)[: self.features]
+                bounds = [0] + torch.cumsum(counts, 0).tolist()
+                self._order.append((perm, bounds))
+        return self._order
+
+    def ordered(self, context=None):
+        """(hidden, out_weight, out_bias, bounds): the masked weights with every hidden layer's units
+        relabelled by degree (degree_order), as ops.made_affine_inverse and reference.flows.made_inverse
+        take them; hidden = [(W, b, context terms or None)]. The weights are cached per parameter version."""
+        key = tuple((id(p), p._version) for p in self.parameters()) + tuple(
+            (id(b), b._version) for b in self.buffers())
+        if self._ordered_key != key:
+            ws = self.masked_weights()
+            layers, prev = [], None
+            for layer, (w, b) in enumerate(ws[:-1]):
+                perm, _ = self.degree_order()[layer]
+                w = w[perm] if prev is None else w[perm][:, prev]
+                layers.append((w.contiguous(), b[perm].contiguous()))
+                prev = perm
+            w_out, b_out = ws[-1]
+            bounds = torch.tensor([bd for _, bd in self.degree_order()], dtype=torch.int64)
+            self._ordered_cache = (layers, w_out[:, prev].contiguous(), b_out.contiguous(), bounds)
+            self._ordered_key = key if not torch.is_grad_enabled() else None  # graphs are not cached
+        layers, w_out, b_out, bounds = self._ordered_cache
+        ctx_terms = self.context_terms(context)
+        hidden = [(w, b, ctx_terms[i][:, self.degree_order()[i][0]] if ctx_terms is not None else None)
+                  for i, (w, b) in enumerate(layers)]
+        return hidden, w_out, b_out, bounds
 
     def masked_weights(self):
         """[(W * mask, b)] for every layer, output layer last (computed once per sampling call)."""
@@ -374,22 +416,15 @@ class _Autoregressive(nn.Module):
         return self._transform(x, self.made(x, context), False)
 
     def inverse(self, y, context=None):
-        n, d = y.shape
-        ws = self.made.masked_weights()
-        ctx_terms = self.made.context_terms(context)
-        w_out, b_out = ws[-1]
-        m = self.n_params
-        x = torch.zeros_like(y)
-        params = y.new_zeros(n, d, m)
-        for i in range(d):
-            # only the hidden units and the m outputs of dimension i are needed: x[:, >= i] are still
-            # zero, and the masks make dimension i's outputs independent of them anyway
-            h = self.made.hidden(x, context, ws, ctx_terms)
-            params[:, i] = F.linear(h, w_out[i * m:(i + 1) * m], b_out[i * m:(i + 1) * m])
-            xi, _ = self._transform(y[:, i:i + 1], params[:, i:i + 1], True)
-            x[:, i] = xi[:, 0]
-        _, logdet = self._transform(y, params, True)
-        return x, logdet
+        """D sequential steps, each hidden unit computed once, when its inputs are final
+        (reference.flows.made_inverse): one MADE forward pass of work, not D of them."""
+        hidden, w_out, b_out, bounds = self.made.ordered(context)
+
+        def step(i, yi, p):
+            return self._transform(yi, p, True)[0][:, 0]
+
+        x, params = ref_flows.made_inverse(y, hidden, w_out, b_out, bounds, self.n_params, step)
+        return x, self._transform(y, params, True)[1]
 
 
 class MAFLayer(_Autoregressive):
@@ -402,6 +437,12 @@ class MAFLayer(_Autoregressive):
     def __init__(self, features, hidden=64, context_features=0, scale_bound=3.0):
         super().__init__(features, hidden, context_features)
         self.scale_bound = float(scale_bound)
+
+    def inverse(self, y, context=None):
+        """Sampling: ops.made_affine_inverse (one C++ pass over the rows on the CPU; the degree-ordered
+        reference elsewhere and when gradients are needed)."""
+        hidden, w_out, b_out, bounds = self.made.ordered(context)
+        return ops.made_affine_inverse(y, hidden, w_out, b_out, bounds, scale_bound=self.scale_bound)
 
     def _transform(self, x, p, inverse):
         mu = p[..., 0]

@@ -4,7 +4,7 @@ Every op takes `backend="auto"|"torch"|"cpp"|"triton"|"cuda"`; see genengine._ba
 """
 
 from .diffusion import ddim_step, ddpm_step, dpmpp_2m_step, euler_ancestral_step, euler_step
-from .flows import affine_coupling, rq_spline
+from .flows import affine_coupling, made_affine_inverse, rq_spline
 from .gibbs import (
     boltzmann_gibbs,
     graph_coloring,
@@ -48,6 +48,7 @@ __all__ = [
     "reparameterize_kl",
     "rq_spline",
     "affine_coupling",
+    "made_affine_inverse",
 ]
 from .attention import decode_attention, prefill_attention, rope_append_kv, rope_tables  # noqa: E402
 

@@ -482,3 +482,81 @@ def affine_coupling(x, shift, log_scale, *, inverse=False, backend="auto"):
 __all__ = ["rq_spline", "affine_coupling"]
 # the plain-PyTorch definitions (genengine.reference.flows) are the specification
 reference = ref
+
+
+# ---- MAF sampling -----------------------------------------------------------------------------------
+
+
+def made_affine_inverse(y, hidden, out_weight, out_bias, bounds, *, scale_bound=3.0, backend="auto"):
+    """The MAF layer's sampling direction in one call: (x, logdet) with x_i = y_i exp(alpha_i) + mu_i,
+    (mu_i, raw_i) = the MADE's outputs 2i, 2i+1 given x_<i, alpha = scale_bound tanh(raw / scale_bound),
+    logdet = sum_i alpha_i (N,).
+
+    y (N, D). hidden: [(W (H_l, in_l), b (H_l,), ctx (N, H_l) or None)] per hidden layer (in_0 = D,
+    in_l = H_{l-1}): masked weights with the units relabelled by degree, so that layer l's units of
+    degree k are rows bounds[l, k] .. bounds[l, k + 1] - 1 (bounds int64 (L, D + 1); units past
+    bounds[l, D] have degree >= D and feed no output); out_weight
+    (2 D, H_last) and out_bias (2 D,) in the same relabelling. Each hidden unit is computed once, when
+    its inputs are final (genengine.reference.flows.made_inverse): one MADE forward pass of work.
+    Backends: torch (that reference, differentiable) and cpp (one C++ pass over the rows, float32 and
+    float64, no autograd: sampling)."""
+    _tensor("y", y)
+    if y.dim() != 2:
+        raise ValueError(f"y: expected (N, D), got {tuple(y.shape)}")
+    n, d = y.shape
+    if not isinstance(hidden, (list, tuple)) or not 1 <= len(hidden) <= 8:
+        raise ValueError("hidden: expected a list of 1 to 8 (weight, bias, context terms or None) triples")
+    bounds = torch.as_tensor(bounds, dtype=torch.int64)
+    if bounds.shape != (len(hidden), d + 1):
+        raise ValueError(f"bounds: expected shape ({len(hidden)}, {d + 1}), got {tuple(bounds.shape)}")
+    in_f = d
+    for l_, (w, b, c) in enumerate(hidden):
+        if w.dim() != 2 or w.shape[1] != in_f or b.shape != (w.shape[0],):
+            raise ValueError(f"hidden[{l_}]: expected W (H, {in_f}) and b (H,), got {tuple(w.shape)} and {tuple(b.shape)}")
+        bl = bounds[l_]
+        if int(bl[0]) != 0 or bool((bl[1:] < bl[:-1]).any()) or int(bl[-1]) > w.shape[0]:
+            raise ValueError(f"bounds[{l_}]: expected non-decreasing unit counts from 0 to at most {w.shape[0]}")
+        if c is not None and c.shape != (n, w.shape[0]):
+            raise ValueError(f"hidden[{l_}]: expected context terms of shape ({n}, {w.shape[0]}), got {tuple(c.shape)}")
+        in_f = w.shape[0]
+    if out_weight.shape != (2 * d, in_f) or out_bias.shape != (2 * d,):
+        raise ValueError(f"out_weight / out_bias: expected ({2 * d}, {in_f}) and ({2 * d},), got "
+                         f"{tuple(out_weight.shape)} and {tuple(out_bias.shape)}")
+    sb = _real("scale_bound", scale_bound, positive=True)
+    tensors = [y, out_weight, out_bias] + [t for trip in hidden for t in trip if t is not None]
+    grad = _needs_grad(*tensors)
+    name = _backends.resolve(backend, _backends.device_type(y), ("torch", "cpp"), y.dtype in (torch.float32, torch.float64))
+    if name == "torch" or grad or any(t.dtype != y.dtype or t.device != y.device for t in tensors):
+        return ref.made_affine_inverse(y, [tuple(t) for t in hidden], out_weight, out_bias, bounds, sb)
+    return _made_affine_inverse_cpp(y, hidden, out_weight, out_bias, bounds, sb)
+
+
+def _made_affine_inverse_cpp(y, hidden, out_weight, out_bias, bounds, sb):
+    n, d = y.shape
+    parts, w_off, b_off = [], [], []
+    at = 0
+    for w, b, _ in list(hidden) + [(out_weight, out_bias, None)]:
+        w_off.append(at)
+        at += w.numel()
+        b_off.append(at)
+        at += b.numel()
+        parts += [w.detach().reshape(-1), b.detach().reshape(-1)]
+    packed = torch.cat(parts).contiguous()
+    ctx = [c for _, _, c in hidden]
+    sizes = torch.tensor([w.shape[0] for w, _, _ in hidden], dtype=torch.int64)
+    c_off = torch.tensor([0] + [int(s) for s in torch.cumsum(sizes, 0)[:-1]], dtype=torch.int64)
+    ctx_all = None
+    if any(c is not None for c in ctx):
+        ctx_all = torch.cat([c.detach() if c is not None else y.new_zeros(n, w.shape[0])
+                             for c, (w, _, _) in zip(ctx, hidden)], dim=1).contiguous()
+    yc = y.detach().contiguous()
+    x = torch.empty_like(yc)
+    logdet = y.new_empty(n)
+    offs = torch.tensor(w_off, dtype=torch.int64), torch.tensor(b_off, dtype=torch.int64)
+    bc = bounds.contiguous()
+    _backends.load_cpp().made_affine_inverse(
+        y.dtype == torch.float64, n, d, len(hidden), sizes.data_ptr(), bc.data_ptr(), packed.data_ptr(),
+        offs[0].data_ptr(), offs[1].data_ptr(), _ptr(ctx_all), ctx_all.shape[1] if ctx_all is not None else 0,
+        c_off.data_ptr(), sb, yc.data_ptr(), x.data_ptr(), logdet.data_ptr())
+    return x, logdet
+

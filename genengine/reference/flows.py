@@ -118,3 +118,50 @@ def boundary_derivative_logit(min_derivative=1e-3):
     """The unnormalised derivative whose min + softplus is exactly 1 (for K + 1 parameters that
     should match the identity tails)."""
     return math.log(math.expm1(1 - min_derivative))
+
+
+def made_inverse(y, hidden, out_weight, out_bias, bounds, n_params, step):
+    """The sampling direction of a MADE-conditioned elementwise layer, one hidden unit computed once.
+
+    y (N, D). hidden: [(W (H_l, in_l), b (H_l,), ctx (N, H_l) or None)] per hidden layer, masked and
+    relabelled by degree, so that units of degree k of layer l are rows bounds[l][k] .. bounds[l][k+1]-1
+    (bounds: (L, D + 1) cumulative counts). A unit of degree k reads x_<k only (the masks), so step i
+    computes the units of degree i of every layer, then dimension i's n_params outputs (rows
+    i*n_params.. of out_weight) from the units of degree <= i, then x_i = step(i, y[:, i:i+1],
+    params[:, i:i+1]) (N,). Returns (x (N, D), params (N, D, n_params)): one MADE forward pass of work."""
+    n, d = y.shape
+    m = n_params
+    bl = bounds.tolist() if isinstance(bounds, torch.Tensor) else bounds
+    x = torch.zeros_like(y)
+    hs = [y.new_zeros(n, w.shape[0]) for w, _, _ in hidden]
+    params = []
+    # with autograd on, each write goes to a fresh copy: the products of earlier steps saved the old one
+    fresh = (lambda t: t.clone()) if torch.is_grad_enabled() else (lambda t: t)
+    for i in range(d):
+        src = x
+        for layer, (w, b, c) in enumerate(hidden):
+            s, e = bl[layer][i], bl[layer][i + 1]
+            if e > s:
+                a = F.linear(src, w[s:e], b[s:e])
+                if c is not None:
+                    a = a + c[:, s:e]
+                hs[layer] = fresh(hs[layer])
+                hs[layer][:, s:e] = F.relu(a)
+            src = hs[layer]
+        p = F.linear(src, out_weight[i * m:(i + 1) * m], out_bias[i * m:(i + 1) * m])[:, None, :]
+        params.append(p)
+        x = fresh(x)
+        x[:, i] = step(i, y[:, i:i + 1], p)
+    return x, torch.cat(params, dim=1)
+
+
+def made_affine_inverse(y, hidden, out_weight, out_bias, bounds, scale_bound):
+    """made_inverse for the MAF layer: x_i = y_i exp(alpha_i) + mu_i, (mu_i, raw_i) its two outputs,
+    alpha = scale_bound tanh(raw / scale_bound). Returns (x, logdet = sum_i alpha_i)."""
+
+    def step(i, yi, p):
+        alpha = scale_bound * torch.tanh(p[..., 1] / scale_bound)
+        return (yi * torch.exp(alpha) + p[..., 0])[:, 0]
+
+    x, params = made_inverse(y, hidden, out_weight, out_bias, bounds, 2, step)
+    return x, (scale_bound * torch.tanh(params[..., 1] / scale_bound)).sum(-1)
