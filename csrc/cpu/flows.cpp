@@ -516,7 +516,7 @@ GE_INLINE void affine_bwd_row(const APtrs<T>& a, int64_t r) {
   const S* __restrict gy = a.gy ? a.gy + r * a.d : nullptr;
   const S gld = a.gld ? a.gld[r] : S(0);
   S* __restrict gx = a.gx + r * a.d;
-  S* __restrict gt = a.gt + r * a.d;
+  S* __restrict gt = a.gt ? a.gt + r * a.d : nullptr;  // null: the caller uses gy (y = x e^s + t)
   S* __restrict gs = a.gs + r * a.d;
   for (int64_t j = 0; j < a.d; j += L) {
     const int cnt = int(std::min<int64_t>(L, a.d - j));
@@ -525,7 +525,7 @@ GE_INLINE void affine_bwd_row(const APtrs<T>& a, int64_t r) {
     if (!a.inverse) {  // y = x e^s + t
       const V ge = g * vexp(sv);
       store_lanes(gx + j, cnt, ge);
-      store_lanes(gt + j, cnt, g);
+      if (gt) store_lanes(gt + j, cnt, g);
       store_lanes(gs + j, cnt, ge * xv + gld);
     } else {  // y = (x - t) e^-s
       const V tv = load_lanes<V>(t + j, cnt);

@@ -169,7 +169,7 @@ def _cpp_affine_fwd(x, t, s, inverse, y, logdet, isa=-1):
 def _cpp_affine_bwd(x, t, s, inverse, gy, gld, gx, gt, gs, isa=-1):
     _backends.load_cpp().affine_coupling_bwd(
         x.dtype == torch.float64, x.shape[0], x.shape[1], inverse, x.data_ptr(), t.data_ptr(), s.data_ptr(),
-        x.stride(0), t.stride(0), s.stride(0), _ptr(gy), _ptr(gld), gx.data_ptr(), gt.data_ptr(), gs.data_ptr(), isa)
+        x.stride(0), t.stride(0), s.stride(0), _ptr(gy), _ptr(gld), gx.data_ptr(), _ptr(gt), gs.data_ptr(), isa)
 
 
 _LOCAL = {"cpp": (_cpp_fwd, _cpp_bwd, _cpp_affine_fwd, _cpp_affine_bwd)}
@@ -409,16 +409,22 @@ def _affine_forward(name, x, t, s, inverse):
     return y, logdet
 
 
+def _gt_is_gy(name, inverse):
+    """y = x e^s + t has dy/dt = 1: the shift's gradient is gy itself, which the cpp kernel then does
+    not write (one array of the backward's six less to move); the GPU kernels still write it."""
+    return name == "cpp" and not inverse
+
+
 def _affine_backward(name, gy, gld, x, t, s, inverse):
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    gt = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    gt = x.new_empty(0) if _gt_is_gy(name, inverse) else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     gs = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel():
         dd = x.shape[-1]
         gyf = gy.reshape(-1, dd).contiguous() if gy is not None else None
         gldf = gld.reshape(-1).contiguous() if gld is not None else None
-        _launch(name, 3, _rows2(x), _rows2(t), _rows2(s), inverse, gyf, gldf, gx.view(-1, dd), gt.view(-1, dd),
-                gs.view(-1, dd))
+        _launch(name, 3, _rows2(x), _rows2(t), _rows2(s), inverse, gyf, gldf, gx.view(-1, dd),
+                gt.view(-1, dd) if gt.numel() else None, gs.view(-1, dd))
     return gx, gt, gs
 
 
@@ -441,7 +447,9 @@ def _affine_backward_op(gy: torch.Tensor, gld: torch.Tensor, x: torch.Tensor, sh
 
 @_affine_backward_op.register_fake
 def _(gy, gld, x, shift, log_scale, inverse, backend):
-    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(3))
+    gx, gs = (torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(2))
+    gt = x.new_empty(0) if _gt_is_gy(backend, inverse) else torch.empty_like(x, memory_format=torch.contiguous_format)
+    return gx, gt, gs
 
 
 def _affine_setup_context(ctx, inputs, output):
@@ -457,6 +465,8 @@ def _affine_autograd(ctx, gy, gld):
     if gld is None:
         gld = x.new_zeros(x.shape[:-1])
     gx, gt, gs = _affine_backward_op(gy, gld, x, t, s, ctx.inverse, ctx.backend)
+    if _gt_is_gy(ctx.backend, ctx.inverse):
+        gt = gy
     return gx, gt, gs, None, None
 
 
