@@ -569,15 +569,17 @@ def _ebm(ctx):
     n = 512 if ctx.quick else 2000
     x, _ = _two_moons(ctx, n)
     torch.manual_seed(ctx.seed)  # the energy network's initial weights
-    model = _models.EBM(_EnergyMLP(32 if ctx.quick else 64), init_range=(-2.0, 2.5), buffer_size=4000, clamp=(-3.0, 3.0))
-    ep = 1 if ctx.quick else 40
-    model.fit(x, epochs=ep, batch_size=128, lr=2e-3, steps=20, step_size=0.05, alpha=0.05, noise_scale=0.5, progress=ctx.progress,
-              generator=ctx.generator(91))
-    # persistent chains: continue the training's replay buffer (what PCD trains the energy for)
-    # with less noise than exact Langevin (noise_scale < 1), the usual EBM practice: sharper samples
-    s = model.sample(n, steps=100 if not ctx.quick else 10, step_size=0.02, init="buffer", replay_buffer=False,
-                     noise_scale=0.3, generator=ctx.generator(92))
-    return _points("ebm", "Energy-based model", x, s, f"{ep} epochs PCD; 100 Langevin steps (noise x0.3) on its buffer",
+    model = _models.EBM(_EnergyMLP(32 if ctx.quick else 128), init_range=(-2.0, 2.5), buffer_size=4000, clamp=(-3.0, 3.0))
+    ep = 1 if ctx.quick else 60
+    # small exact-noise Langevin steps (noise_scale 1): the chains sample the model's own density, so the
+    # picture shows what the energy learned (measured: MMD to held-out moons 0.014 against 0.042 for a
+    # moment-matched Gaussian; colder sampling, noise x0.3-0.5, looked sharper but matched worse)
+    model.fit(x, epochs=ep, batch_size=128, lr=2e-3, steps=40, step_size=0.005, alpha=0.05, noise_scale=1.0,
+              progress=ctx.progress, generator=ctx.generator(91))
+    steps = 10 if ctx.quick else 400
+    s = model.sample(n, steps=steps, step_size=0.002, init="buffer", replay_buffer=False, noise_scale=1.0,
+                     generator=ctx.generator(92))
+    return _points("ebm", "Energy-based model", x, s, f"{ep} epochs PCD; {steps} Langevin steps from its replay buffer",
                    _MOON_LIMITS)
 
 

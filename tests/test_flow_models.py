@@ -226,3 +226,17 @@ def test_autoregressive_inverse_equals_recomputing_every_pass(layer, context, ge
             torch.testing.assert_close(logdet, ldr, rtol=1e-9, atol=1e-9)
             y2, _ = mod(x, ctx)
             torch.testing.assert_close(y2, y, rtol=1e-8, atol=1e-8)
+
+
+def test_sample_temperature_scales_the_latent(gen):
+    model = _perturb(ge.models.RealNVP(4, layers=2, hidden=8), gen)
+    model.eval()
+    seed = int(torch.randint(0, 2**31, (), generator=gen))
+    z = ge.ops.philox_normal(6 * 4, *ge.ops.draw_key(torch.Generator().manual_seed(seed)), device="cpu").view(6, 4)
+    for t in (0.0, 0.7, 1.0):
+        got = model.sample(6, generator=torch.Generator().manual_seed(seed), temperature=t)
+        with torch.no_grad():
+            want = model.inverse(z * t)[0]
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(2, temperature=-1.0)
