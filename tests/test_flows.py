@@ -481,3 +481,24 @@ def test_made_affine_inverse_bad_inputs(gen):
         ge.ops.made_affine_inverse(y, [(hidden[0][0][:, :3], hidden[0][1], None)] + hidden[1:], w_out, b_out, bounds)
     with pytest.raises(ValueError, match="scale_bound"):
         ge.ops.made_affine_inverse(y, hidden, w_out, b_out, bounds, scale_bound=0.0)
+    bad = bounds.clone()
+    bad[0, 1] = 99
+    with pytest.raises(ValueError, match=r"bounds\[0\]: expected non-decreasing unit counts"):
+        ge.ops.made_affine_inverse(y, hidden, w_out, b_out, bad)
+
+
+def test_made_affine_inverse_registered_op(gen):
+    from genengine.ops import flows as fops
+
+    layer = _maf_layer(gen, 5, 7, 2, torch.float32)
+    y = torch.randn(9, 5, generator=gen)
+    ctx = torch.randn(9, 2, generator=gen)
+    with torch.no_grad():
+        hidden, w_out, b_out, bounds = layer.made.ordered(ctx)
+        args = (y, [w for w, _, _ in hidden], [b for _, b, _ in hidden], [c for _, _, c in hidden], w_out, b_out, bounds, 3.0)
+        torch.library.opcheck(fops._made_affine_inverse_op, args, test_utils=("test_schema", "test_faketensor"))
+        eager = ge.ops.made_affine_inverse(y, hidden, w_out, b_out, bounds)
+        compiled = torch.compile(lambda y: ge.ops.made_affine_inverse(y, hidden, w_out, b_out, bounds), backend="eager",
+                                 fullgraph=True)(y)
+        for a, b in zip(eager, compiled):
+            assert torch.equal(a, b)

@@ -523,9 +523,6 @@ def made_affine_inverse(y, hidden, out_weight, out_bias, bounds, *, scale_bound=
     for l_, (w, b, c) in enumerate(hidden):
         if w.dim() != 2 or w.shape[1] != in_f or b.shape != (w.shape[0],):
             raise ValueError(f"hidden[{l_}]: expected W (H, {in_f}) and b (H,), got {tuple(w.shape)} and {tuple(b.shape)}")
-        bl = bounds[l_]
-        if int(bl[0]) != 0 or bool((bl[1:] < bl[:-1]).any()) or int(bl[-1]) > w.shape[0]:
-            raise ValueError(f"bounds[{l_}]: expected non-decreasing unit counts from 0 to at most {w.shape[0]}")
         if c is not None and c.shape != (n, w.shape[0]):
             raise ValueError(f"hidden[{l_}]: expected context terms of shape ({n}, {w.shape[0]}), got {tuple(c.shape)}")
         in_f = w.shape[0]
@@ -533,12 +530,40 @@ def made_affine_inverse(y, hidden, out_weight, out_bias, bounds, *, scale_bound=
         raise ValueError(f"out_weight / out_bias: expected ({2 * d}, {in_f}) and ({2 * d},), got "
                          f"{tuple(out_weight.shape)} and {tuple(out_bias.shape)}")
     sb = _real("scale_bound", scale_bound, positive=True)
+    if not torch.compiler.is_compiling():  # data-dependent: checked by the registered op when traced
+        _check_made_bounds(bounds, [w.shape[0] for w, _, _ in hidden])
     tensors = [y, out_weight, out_bias] + [t for trip in hidden for t in trip if t is not None]
     grad = _needs_grad(*tensors)
     name = _backends.resolve(backend, _backends.device_type(y), ("torch", "cpp"), y.dtype in (torch.float32, torch.float64))
     if name == "torch" or grad or any(t.dtype != y.dtype or t.device != y.device for t in tensors):
         return ref.made_affine_inverse(y, [tuple(t) for t in hidden], out_weight, out_bias, bounds, sb)
+    if torch.compiler.is_compiling():
+        e = y.new_empty(0)
+        return _made_affine_inverse_op(y, [w for w, _, _ in hidden], [b for _, b, _ in hidden],
+                                       [c if c is not None else e for _, _, c in hidden], out_weight, out_bias, bounds, sb)
     return _made_affine_inverse_cpp(y, hidden, out_weight, out_bias, bounds, sb)
+
+
+@torch.library.custom_op("genengine::made_affine_inverse", mutates_args=())
+def _made_affine_inverse_op(y: torch.Tensor, weights: list[torch.Tensor], biases: list[torch.Tensor],
+                            ctx: list[torch.Tensor], out_weight: torch.Tensor, out_bias: torch.Tensor,
+                            bounds: torch.Tensor, scale_bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cpp kernel as a torch.library op (what torch.compile traces); empty ctx tensors mean none."""
+    hidden = [(w, b, c if c.numel() else None) for w, b, c in zip(weights, biases, ctx)]
+    _check_made_bounds(bounds, [w.shape[0] for w in weights])
+    return _made_affine_inverse_cpp(y, hidden, out_weight, out_bias, bounds, scale_bound)
+
+
+@_made_affine_inverse_op.register_fake
+def _(y, weights, biases, ctx, out_weight, out_bias, bounds, scale_bound):
+    return torch.empty_like(y, memory_format=torch.contiguous_format), y.new_empty(y.shape[0])
+
+
+def _check_made_bounds(bounds, sizes):
+    for l_, h in enumerate(sizes):
+        bl = bounds[l_]
+        if int(bl[0]) != 0 or bool((bl[1:] < bl[:-1]).any()) or int(bl[-1]) > h:
+            raise ValueError(f"bounds[{l_}]: expected non-decreasing unit counts from 0 to at most {h}")
 
 
 def _made_affine_inverse_cpp(y, hidden, out_weight, out_bias, bounds, sb):
