@@ -46,6 +46,8 @@ def _knots(p_ptr, rows, stride, mask, j, K: tl.constexpr, minv, bound):
     A size is 2B w itself, not a difference of knots (full relative precision for narrow bins)."""
     jk = j[None, :] < K
     u = tl.load(p_ptr + rows[:, None] * stride + j[None, :], mask=mask[:, None] & jk, other=0.0)
+    if u.dtype == tl.bfloat16:  # bfloat16 parameters (half the bytes): the math stays float32
+        u = u.to(tl.float32)
     u = tl.where(jk, u, -float("inf"))
     umax = tl.max(u, axis=1)
     e = tl.where(jk, tl.exp(u - umax[:, None]), 0.0)
@@ -88,6 +90,8 @@ def _setup(offs, mask, w_ptr, h_ptr, d_ptr, sw, sh, sd, bound, min_w, min_h, min
         dm = j[None, :] <= K
         dcol = j
     raw = tl.load(d_ptr + rows[:, None] * sd + dcol[None, :], mask=mask[:, None] & dm, other=0.0)
+    if raw.dtype == tl.bfloat16:
+        raw = raw.to(tl.float32)
     rlo = _pick(raw, j, k)
     rhi = _pick(raw, j, k + 1)
     elo = tl.exp(-tl.abs(rlo))
@@ -310,9 +314,15 @@ def _spline_meta(x, w, d):
     return k, kd, max(2, _next_pow2(k + 1))
 
 
+def _param_dtype(x, w):
+    """The parameters' dtype: x's, or bfloat16 with float32 x (read as is, math in float32)."""
+    return torch.bfloat16 if (x.dtype == torch.float32 and w.dtype == torch.bfloat16) else x.dtype
+
+
 def rq_spline_fwd(x, w, h, d, inverse, bound, min_w, min_h, min_d, y, lad) -> None:
-    for nm, t in (("w", w), ("h", h), ("d", d), ("y", y), ("lad", lad)):
-        _check_f(nm, t, x.dtype, x.device)
+    pd = _param_dtype(x, w)
+    for nm, t, dt in (("w", w, pd), ("h", h, pd), ("d", d, pd), ("y", y, x.dtype), ("lad", lad, x.dtype)):
+        _check_f(nm, t, dt, x.device)
     n = x.shape[0]
     k, kd, kp = _spline_meta(x, w, d)
     _rq_fwd_kernel[(triton.cdiv(n, BLOCK),)](
@@ -322,8 +332,10 @@ def rq_spline_fwd(x, w, h, d, inverse, bound, min_w, min_h, min_d, y, lad) -> No
 
 def rq_spline_bwd(inp, out, w, h, d, inverse, bound, min_w, min_h, min_d, gy, gl, gx, gw, gh, gd) -> None:
     pt = out if inverse else inp
-    for nm, t in (("w", w), ("h", h), ("d", d), ("gx", gx), ("gw", gw), ("gh", gh), ("gd", gd)):
-        _check_f(nm, t, pt.dtype, pt.device)
+    pd = _param_dtype(pt, w)
+    for nm, t, dt in (("w", w, pd), ("h", h, pd), ("d", d, pd), ("gx", gx, pt.dtype), ("gw", gw, pd), ("gh", gh, pd),
+                      ("gd", gd, pd)):
+        _check_f(nm, t, dt, pt.device)
     n = pt.shape[0]
     k, kd, kp = _spline_meta(pt, w, d)
     final = None

@@ -502,3 +502,29 @@ def test_made_affine_inverse_registered_op(gen):
                                  fullgraph=True)(y)
         for a, b in zip(eager, compiled):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rq_spline_bfloat16_parameters_on_triton(inverse, gen):
+    """The Triton kernels read bfloat16 parameters as they are (half the parameter bytes; math in
+    float32) and write their gradients in bfloat16: against the float64 reference on the same
+    (bfloat16-rounded) parameters. Under TRITON_INTERPRET=1 on the CPU; on CUDA tensors on a GPU."""
+    shape = _shape(gen, "triton")
+    k = 5
+    w, h, d = _params(gen, shape, k, k - 1, dtype=torch.bfloat16)
+    x = _points(gen, shape, 3.0, edges=False).requires_grad_()  # (the slope at exactly +-B is one-sided)
+    wb, hb, db = (t.clone().requires_grad_() for t in (w, h, d))
+    y, lad = ge.ops.rq_spline(x, wb, hb, db, inverse=inverse, backend="triton")
+    assert y.dtype == torch.float32 and lad.dtype == torch.float32
+    w64, h64, d64 = (t.double().requires_grad_() for t in (w, h, d))
+    x64 = x.detach().double().requires_grad_()
+    ye, le = ref.rq_spline(x64, w64, h64, d64, inverse=inverse, tail_bound=3.0)
+    torch.testing.assert_close(y.double(), ye, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(lad.double(), le, rtol=1e-4, atol=1e-4)
+    gy, gl = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    got = torch.autograd.grad((y, lad), (x, wb, hb, db), (gy, gl))
+    want = torch.autograd.grad((ye, le), (x64, w64, h64, d64), (gy.double(), gl.double()))
+    assert [g.dtype for g in got] == [torch.float32] + [torch.bfloat16] * 3
+    for g, e in zip(got, want):
+        scale = float(e.abs().max()) + 1e-3
+        assert float((g.double() - e).abs().max()) <= 1e-2 * scale  # bfloat16 keeps ~3 significant digits

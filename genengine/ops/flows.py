@@ -91,6 +91,11 @@ def _dtype_of(x, name):
     return backend
 
 
+# Backends whose kernels read bfloat16 parameters directly (math in float32, parameter gradients
+# written in bfloat16); the others convert them to x's dtype first.
+_BF16_PARAMS_OK = ("triton",)
+
+
 def _rows(t, k):
     """t as (n, k) with unit stride along k (a view when the strides allow, else a copy)."""
     r = t.reshape(-1, k)
@@ -132,7 +137,9 @@ def _prepare_spline(x, widths, heights, derivatives, tail_bound, min_bin_width, 
     if name == "cpp" and k > MAX_BINS_CPP:
         raise ValueError(f"widths: the cpp backend takes at most {MAX_BINS_CPP} bins, got {k}; use backend='torch'")
     dt = x.dtype
-    widths, heights, derivatives = (p if p.dtype == dt else p.to(dt) for p in (widths, heights, derivatives))
+    if not (name in _BF16_PARAMS_OK and dt == torch.float32
+            and all(p.dtype == torch.bfloat16 for p in (widths, heights, derivatives))):
+        widths, heights, derivatives = (p if p.dtype == dt else p.to(dt) for p in (widths, heights, derivatives))
     return name, x, widths, heights, derivatives, (b, mw, mh, md)
 
 
@@ -212,13 +219,14 @@ def _spline_backward(name, gy, gl, x, y, w, h, d, inverse, cfg, packed=False):
     k, kd = w.shape[-1], d.shape[-1]
     n = x.numel()
     gx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    pd = w.dtype  # x's dtype, or bfloat16 parameters on a backend that reads them (gradients alike)
     if packed:
-        gp = torch.empty((*x.shape, 2 * k + kd), dtype=x.dtype, device=x.device)
+        gp = torch.empty((*x.shape, 2 * k + kd), dtype=pd, device=x.device)
         gw, gh, gd = gp[..., :k], gp[..., k:2 * k], gp[..., 2 * k:]
     else:
-        gw = torch.empty(w.shape, dtype=x.dtype, device=x.device)
-        gh = torch.empty(h.shape, dtype=x.dtype, device=x.device)
-        gd = torch.empty(d.shape, dtype=x.dtype, device=x.device)
+        gw = torch.empty(w.shape, dtype=pd, device=x.device)
+        gh = torch.empty(h.shape, dtype=pd, device=x.device)
+        gd = torch.empty(d.shape, dtype=pd, device=x.device)
     if n:
         flat = [t.reshape(-1).contiguous() if t is not None else None for t in (x, y, gy, gl)]
         flat[2:] = [g.to(x.dtype) if g is not None and g.dtype != x.dtype else g for g in flat[2:]]
@@ -252,9 +260,10 @@ def _rq_spline_backward_op(gy: torch.Tensor, gl: torch.Tensor, x: torch.Tensor, 
 @_rq_spline_backward_op.register_fake
 def _(gy, gl, x, y, widths, heights, derivatives, inverse, tail_bound, min_bin_width, min_bin_height, min_derivative,
       backend):
-    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty(widths.shape, dtype=x.dtype, device=x.device),
-            torch.empty(heights.shape, dtype=x.dtype, device=x.device),
-            torch.empty(derivatives.shape, dtype=x.dtype, device=x.device))
+    pd = widths.dtype
+    return (torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty(widths.shape, dtype=pd, device=x.device),
+            torch.empty(heights.shape, dtype=pd, device=x.device),
+            torch.empty(derivatives.shape, dtype=pd, device=x.device))
 
 
 def _spline_setup_context(ctx, inputs, output):
