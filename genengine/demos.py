@@ -391,7 +391,7 @@ def _spline(ctx):
 
 @demo("maf", ["MAF"], "masked autoregressive flow on a ring of Gaussians")
 def _maf(ctx):
-    return _flow_demo(ctx, "MAF", "MAF", lambda c, n: _ring(c, n), _RING_LIMITS, 40, layers=5, hidden=64)
+    return _flow_demo(ctx, "MAF", "MAF", lambda c, n: _ring(c, n), _RING_LIMITS, 80, layers=8, hidden=64)
 
 
 def _shape_images(n, size, g):
