@@ -151,9 +151,11 @@ def _mmd(a, b, bandwidth=0.2):
 
 
 # non-saturating: r1 = 1 and a generator EMA of 0.99 (r1 = 0.1 without EMA dropped a moon on ~1 seed
-# in 12: after / gauss up to 0.9; with them the worst of 30 seeds was 0.36)
-@pytest.mark.parametrize("loss,kw,fit_kw,strong", [("non_saturating", {"r1": 1.0}, {"ema": 0.99}, True),
-                                                   ("wasserstein", {"gradient_penalty": 1.0, "n_critic": 2}, {}, False)])
+# in 12: after / gauss up to 0.9; with them the worst of 30 seeds was 0.36). Wasserstein: penalty 0.1
+# with the EMA (penalty 1 without it: after / before up to 0.26 over 14 seeds; now at most 0.019 of 12)
+@pytest.mark.parametrize("loss,kw,fit_kw,strong", [
+    ("non_saturating", {"r1": 1.0}, {"ema": 0.99}, True),
+    ("wasserstein", {"gradient_penalty": 0.1, "n_critic": 2}, {"ema": 0.99}, False)])
 def test_gan_learns_two_moons(loss, kw, fit_kw, strong, gen, one_thread):
     x, _ = ge.data.two_moons(2048, generator=gen)
     held, _ = ge.data.two_moons(1000, generator=gen)
