@@ -240,3 +240,24 @@ def test_sample_temperature_scales_the_latent(gen):
         torch.testing.assert_close(got, want)
     with pytest.raises(ValueError, match="temperature"):
         model.sample(2, temperature=-1.0)
+
+
+def test_maf_sampling_follows_parameter_changes_and_dtype_moves(gen):
+    """MADE.ordered caches the relabelled weights: an optimiser step, an in-place edit and .double()
+    must all reach the next sample."""
+    model = _perturb(ge.models.MAF(3, layers=2, hidden=8), gen)
+    model.eval()
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    a = model.sample(4, generator=g())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    b = model.sample(4, generator=g())
+    assert not torch.equal(a, b)
+    z = ge.ops.philox_normal(12, *ge.ops.draw_key(g()), device="cpu").view(4, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(b)[0], z, rtol=1e-4, atol=1e-4)
+    model.double()
+    c = model.sample(4, generator=g())
+    assert c.dtype == torch.float64
+    torch.testing.assert_close(c, b.double(), rtol=1e-4, atol=1e-4)

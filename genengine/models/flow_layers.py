@@ -351,9 +351,11 @@ class MADE(nn.Module):
     def ordered(self, context=None):
         """(hidden, out_weight, out_bias, bounds): the masked weights with every hidden layer's units
         relabelled by degree (degree_order), as ops.made_affine_inverse and reference.flows.made_inverse
-        take them; hidden = [(W, b, context terms or None)]. The weights are cached per parameter version."""
-        key = tuple((id(p), p._version) for p in self.parameters()) + tuple(
-            (id(b), b._version) for b in self.buffers())
+        take them; hidden = [(W, b, context terms or None)]. The weights are cached (outside autograd)
+        until a parameter changes."""
+        # storage, version, dtype and device of every tensor: .to() / .double() swap a parameter's data in
+        # place without bumping its version
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (*self.parameters(), *self.buffers()))
         if self._ordered_key != key:
             ws = self.masked_weights()
             layers, prev = [], None

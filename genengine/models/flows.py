@@ -116,6 +116,8 @@ class _Flow(GenerativeModel):
         dev = self.device
         seed, offset = ops.draw_key(generator, dev)
         z = ops.philox_normal(n * math.prod(shape), seed, offset, device=dev).view(n, *shape)
+        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), z.dtype)
+        z = z.to(dtype)  # a float64 model samples in float64 (the same float32 normals, widened)
         if temperature != 1.0:
             z = z * float(temperature)
         was = self.training
