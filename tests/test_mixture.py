@@ -148,7 +148,11 @@ def test_fit_matches_sklearn_from_the_same_initialisation(ct, gen):
         out_tol = tol if dtype == F64 else 1e-6  # score_samples / predict_proba come back in x's dtype
         assert _rel(m.score_samples(xs), s.score_samples(xn)) < out_tol
         assert _rel(m.predict_proba(xs), s.predict_proba(xn)) < max(1e-7, out_tol)
-        assert np.array_equal(m.predict(xs).numpy(), s.predict(xn))
+        # labels agree except where two components are tied to rounding (both fits' probabilities agree to
+        # ~1e-7, so a row whose top two are closer than that may go either way)
+        ps = np.sort(s.predict_proba(xn), axis=1)
+        clear = (ps[:, -1] - ps[:, -2]) > 1e-5
+        assert np.array_equal(m.predict(xs).numpy()[clear], s.predict(xn)[clear])
         assert math.isclose(m.bic(xs), s.bic(xn), rel_tol=tol) and math.isclose(m.aic(xs), s.aic(xn), rel_tol=tol)
 
 

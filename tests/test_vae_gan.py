@@ -93,7 +93,7 @@ def test_bounds_on_a_linear_gaussian_vae(gen):
     vae = ge.models.VAE(enc, dec, q, likelihood="gaussian")
     with torch.no_grad():
         vae.obs_logvar.fill_(math.log(0.5))
-    x = torch.randn(20, d, generator=gen)
+    x = torch.randn(100, d, generator=gen)
     w, b = dec.weight.detach().double(), dec.bias.detach().double()
     exact = torch.distributions.MultivariateNormal(b, w @ w.T + 0.5 * torch.eye(d, dtype=torch.float64)).log_prob(x.double())
     g = torch.Generator().manual_seed(5)
@@ -101,10 +101,16 @@ def test_bounds_on_a_linear_gaussian_vae(gen):
     i1 = vae.log_prob_iwae(x, k=1, generator=g).double()
     i10 = vae.log_prob_iwae(x, k=10, generator=g).double()
     i2000 = vae.log_prob_iwae(x, k=2000, generator=g).double()
-    # the bounds hold in expectation (a single IWAE estimate may land above log p(x)): compare means
-    assert (elbo <= exact + 1e-3).all() and i2000.mean() <= exact.mean() + 0.05
-    assert i10.mean() >= i1.mean() and i2000.mean() >= i10.mean() - 0.01
-    assert (i2000 - exact).mean().abs() < 0.2 * (exact - elbo).mean() + 0.05
+
+    def se(d):  # standard error of a mean over the rows
+        return float(d.std() / math.sqrt(d.numel()))
+
+    # the bounds hold in expectation (a single IWAE estimate may land above log p(x), and with an
+    # untrained encoder the weights are heavy-tailed): compare means, to 4 standard errors
+    assert (elbo <= exact + 1e-3).all() and i2000.mean() <= exact.mean() + 4 * se(i2000 - exact) + 0.01
+    assert i10.mean() >= i1.mean() - 4 * se(i10 - i1)
+    assert i2000.mean() >= i10.mean() - 4 * se(i2000 - i10) - 0.01
+    assert (i2000 - exact).mean().abs() < 0.2 * (exact - elbo).mean() + 4 * se(i2000 - exact) + 0.05
 
 
 def test_vae_save_load_and_sampling(tmp_path, gen):
