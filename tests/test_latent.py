@@ -247,8 +247,12 @@ def test_transform_sample_and_log_prob(cls, gen):
     seed = int(torch.randint(0, 2**31, (1,), generator=gen))
     s = m.sample(20000, generator=torch.Generator().manual_seed(seed))
     assert torch.equal(s, m.sample(20000, generator=torch.Generator().manual_seed(seed)))
-    torch.testing.assert_close(s.mean(0), m.mean_, atol=0.1, rtol=0)
-    torch.testing.assert_close(torch.cov(s.T), c, atol=0.2, rtol=0.05)
+    # to 5 standard errors of a Gaussian sample's mean and covariance (fixed tolerances failed on ~3% of
+    # seeds, whose data had larger variances)
+    n, v = s.shape[0], torch.diagonal(c)
+    assert bool(((s.mean(0) - m.mean_).abs() <= 5 * (v / n).sqrt()).all())
+    se_cov = ((v[:, None] * v[None, :] + c * c) / n).sqrt()
+    assert bool(((torch.cov(s.T) - c).abs() <= 5 * se_cov).all())
     # held-out likelihood beats an independent-Gaussian baseline
     indep = torch.distributions.Normal(x.mean(0), x.std(0)).log_prob(test).sum(1).mean()
     assert m.log_prob(test).mean() > indep + 1.0
