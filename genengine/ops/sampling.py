@@ -199,7 +199,7 @@ def _sample_tokens_op(
     logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
     log_min_p: torch.Tensor, key: torch.Tensor, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    seed, offset = (int(v) & ((1 << 64) - 1) for v in key.tolist())
+    seed, offset = rng.key_ints(key)
     params = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "log_min_p": log_min_p}
     tokens, logprobs = _run(backend, _rows(logits), params, seed, offset, True)
     return tokens, logprobs
@@ -229,8 +229,7 @@ def sample_tokens(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, gen
         t = [_as_tensor(params[n], b, d, logits.device) for n, d in
              (("temperature", torch.float32), ("top_k", torch.int64), ("top_p", torch.float32),
               ("log_min_p", torch.float32))]
-        key = torch.tensor([seed - (1 << 64) if seed >= 1 << 63 else seed,
-                            offset - (1 << 64) if offset >= 1 << 63 else offset], dtype=torch.int64)
+        key = rng.key_tensor(seed, offset)
         tokens, logprobs = _sample_tokens_op(logits, *t, key, name)
     else:
         tokens, logprobs = _run(name, logits, params, seed, offset, return_logprobs)
