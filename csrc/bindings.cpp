@@ -12,6 +12,7 @@
 #include "cpu/cpu_common.h"
 #include "cpu/diffusion.h"
 #include "cpu/group_norm.h"
+#include "cpu/mixture.h"
 #include "cpu/parallel.h"
 
 namespace py = pybind11;
@@ -113,8 +114,8 @@ std::string build_flags() {
 #endif
 }
 
-// The multiversioned loops' clone, then the Philox generator's path ("; philox: avx512 (auto)"),
-// which GENENGINE_CPU_ISA=baseline|avx2|avx512 can force (csrc/cpu/cpu_common.h).
+// The multiversioned loops' clone, then the Philox generator's path ("; philox: avx512 (auto)") and
+// the diagonal GMM E-step's, which GENENGINE_CPU_ISA=baseline|avx2|avx512 can force (cpu_common.h).
 std::string isa() {
 #if defined(GE_NATIVE)
   std::string loops = "native";
@@ -123,7 +124,8 @@ std::string isa() {
 #else
   std::string loops = "generic";
 #endif
-  return loops + "; philox: " + ge::philox_isa_report();
+  return loops + "; philox: " + ge::philox_isa_report() +
+         "; gmm diag/spherical: " + (ge::gmm_diag_uses_avx512() ? "avx512" : "the loops' clone");
 }
 
 }  // namespace

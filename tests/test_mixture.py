@@ -41,7 +41,7 @@ def test_e_step_matches_reference(backend, ct, dtype, gen):
     big = backend != "triton"  # the interpreter is slow: small shapes there
     n = int(torch.randint(1, 300 if big else 70, (1,), generator=gen))
     d = int(torch.randint(1, 18 if big else 6, (1,), generator=gen))
-    k = int(torch.randint(1, 9 if big else 4, (1,), generator=gen))
+    k = int(torch.randint(1, 21 if big else 4, (1,), generator=gen))
     w, mu, _, pc = _params(gen, k, d, ct)
     x = (torch.randn(n, d, generator=gen, dtype=F64) * 2 + 1).to(dtype)
     shift = torch.randn(d, generator=gen, dtype=F64)
@@ -84,6 +84,81 @@ def test_e_step_far_from_the_origin_without_a_shift(ct, gen):
     assert float((r - lr.exp()).abs().max()) < 1e-9
     for got, exp, name in zip(s, st, ("nk", "sx", "sxx")):
         assert _rel(got, exp) < 1e-10, name
+
+
+# ---- the diagonal / spherical kernel's instruction-set paths (GENENGINE_CPU_ISA) ---------------------
+# (n, d, k): component counts of one, two and more 8-lane vectors (the AVX-512 kernel fuses nothing
+# past k = 16 and takes the log-sum-exp row by row there), feature counts in each of its padded row
+# strides (d + 1 <= 8, 16, 24, 32 and above) and at every tail of its moment tiles (d + 1 mod 6 for
+# pairs of component vectors, mod 8 for a single one), n across its 32-row blocks and 1024-row chunks
+DIAG_SHAPES = [(1, 1, 1), (7, 5, 3), (40, 8, 5), (33, 2, 8), (50, 3, 2), (60, 4, 7), (70, 6, 6), (33, 8, 9),
+               (1100, 16, 16), (90, 6, 12), (45, 3, 10), (300, 23, 17), (77, 31, 24), (65, 40, 25), (20, 12, 20)]
+
+_DIAG_PROBE = r"""
+import sys, torch
+from genengine import _backends
+from genengine.ops import mixture as mxops
+cases = torch.load(sys.argv[1])
+res = [[mxops.gmm_e_step(c["x"], c["w"], c["mu"], c["pc"], c["ct"], resp=resp, stats=resp != "log", shift=c["shift"],
+                         backend="cpp") for resp in (None, "prob", "log")] for c in cases]
+torch.save({"isa": _backends.load_cpp().isa(), "res": res}, sys.argv[2])
+"""
+
+
+def _cpu_has_avx512():
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+    return "avx512f" in flags and "avx512vl" in flags
+
+
+def test_diag_kernel_isa_paths_match_reference(tmp_path, gen):
+    """The AVX-512 diag / spherical E-step (chosen when the CPU has it) and the multiversioned one
+    (GENENGINE_CPU_ISA=avx2) each against the float64 formulas, on shapes that reach every tile and
+    tail of the AVX-512 kernel, with and without a shift, float64 and float32."""
+    import os
+    import subprocess
+    import sys
+
+    cases = []
+    for n, d, k in DIAG_SHAPES:
+        for ct in ("diag", "spherical"):
+            for dtype in (F64, torch.float32):
+                for shifted in (False, True):
+                    w, mu, _, pc = _params(gen, k, d, ct)
+                    x = (torch.randn(n, d, generator=gen, dtype=F64) * 2 + 1).to(dtype)
+                    shift = x.to(F64).mean(0) if shifted else None
+                    cases.append(dict(x=x, w=w, mu=mu, pc=pc, ct=ct, shift=shift))
+    torch.save(cases, tmp_path / "cases.pt")
+    runs = {}
+    for isa in ("auto", "avx2"):
+        out = tmp_path / f"{isa}.pt"
+        subprocess.run([sys.executable, "-c", _DIAG_PROBE, str(tmp_path / "cases.pt"), str(out)],
+                       env=dict(os.environ, GENENGINE_CPU_ISA=isa), check=True)
+        runs[isa] = torch.load(out)
+    assert runs["avx2"]["isa"].endswith("gmm diag/spherical: the loops' clone"), runs["avx2"]["isa"]
+    if _cpu_has_avx512():  # the fast path must be the one taken, not silently skipped
+        assert runs["auto"]["isa"].endswith("gmm diag/spherical: avx512"), runs["auto"]["isa"]
+    for isa, run in runs.items():
+        for c, res in zip(cases, run["res"]):
+            ln, lr = ref.e_step(c["x"], c["w"], c["mu"], c["pc"], c["ct"])
+            xs = c["x"].to(F64) - (c["shift"] if c["shift"] is not None else 0.0)
+            st = ref.sufficient_stats(xs, lr.exp(), c["ct"])
+            f64 = c["x"].dtype == F64
+            tol = 1e-10 if f64 else 2e-4
+            where = f"{isa} {c['ct']} {tuple(c['x'].shape)} k={c['w'].numel()} {c['x'].dtype} shift={c['shift'] is not None}"
+            for resp, (a, r, s) in zip((None, "prob", "log"), res):
+                assert _rel(a, ln) < tol, f"log_norm, {where}"
+                if resp is not None:
+                    want = lr if resp == "log" else lr.exp()
+                    assert float((r.to(F64) - want).abs().max()) < tol * max(1.0, float(want.abs().max())), f"{resp}, {where}"
+                if resp != "log":
+                    # sum r (x - mean) cancels to rounding when shifted by the data mean: scale by |x| sums
+                    scale = [st[0].abs().max(), (lr.exp().T @ xs.abs()).max(), st[2].abs().max()]
+                    for got, exp, sc, name in zip(s, st, scale, ("nk", "sx", "sxx")):
+                        err = float((got - exp).abs().max() / sc.clamp(min=1e-300))
+                        assert err < (1e-10 if f64 else 2e-3), f"{name}, {where}"
 
 
 def test_e_step_takes_a_lower_triangular_factor(gen):

@@ -77,8 +77,10 @@ extern const bool g_cpu_has_avx2;  // the AVX2 Philox is in use (g_cpu_isa >= kI
 // The instruction set of the Philox generator (words, uniforms, normals), chosen once at load time:
 // the best the CPU supports, or the one named by GENENGINE_CPU_ISA=baseline|avx2|avx512 (capped at
 // what the CPU supports). Every path gives bit-identical words, uniforms and normals, so the variable
-// only exists to test and time them. It does not steer the multiversioned loops (GE_MULTIVERSIONED),
-// which GCC's loader picks from the CPU alone; their arithmetic does not depend on the clone either.
+// only exists to test and time them. It also picks the AVX-512 diagonal / spherical GMM E-step
+// (mixture_avx512.cpp; below avx512, the multiversioned one), whose results agree with the other to
+// rounding. It does not steer the multiversioned loops (GE_MULTIVERSIONED), which GCC's loader picks
+// from the CPU alone; their arithmetic does not depend on the clone either.
 enum CpuIsa : int { kIsaBaseline = 0, kIsaAvx2 = 1, kIsaAvx512 = 2 };
 extern const int g_cpu_isa;
 const char* philox_isa_report();  // e.g. "avx512 (auto)", "avx2 (GENENGINE_CPU_ISA=avx2)"

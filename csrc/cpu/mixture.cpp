@@ -356,6 +356,15 @@ using RunFn = void (*)(const GmmArgs&, const double*, int64_t, int64_t, double*,
 
 }  // namespace
 
+bool gmm_diag_uses_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool yes = g_cpu_isa >= kIsaAvx512 && gmm_diag_avx512_available() && __builtin_cpu_supports("avx512vl");
+  return yes;
+#else
+  return false;
+#endif
+}
+
 void gmm_e_step(const GmmArgs& a) {
   if (a.n <= 0 || a.k <= 0) return;
   const int64_t d = a.d, k = a.k, dp = (d + 3) & ~int64_t(3);
@@ -400,6 +409,26 @@ void gmm_e_step(const GmmArgs& a) {
       upk[size_t(8 * k * d + c)] = q;
     }
   }
+  // the AVX-512 kernel's layout of the same coefficients: feature-major, components padded to kp
+  const bool avx512 = a.cov >= 2 && gmm_diag_uses_avx512();
+  GmmDiagPlan plan;
+  std::vector<double> plan_buf;
+  if (avx512) {
+    const int64_t kp = (k + 7) & ~int64_t(7);
+    plan_buf.assign(size_t(2 * d * kp + kp), 0.0);
+    plan.kp = kp;
+    plan.A = plan_buf.data();
+    plan.B = plan.A + d * kp;
+    plan.q = plan.B + d * kp;
+    plan.centre = ca.shift;
+    double* q = plan_buf.data() + 2 * d * kp;
+    for (int64_t c = 0; c < kp; ++c) q[c] = c < k ? upk[size_t(8 * k * d + c)] : -std::numeric_limits<double>::infinity();
+    for (int64_t c = 0; c < k; ++c)
+      for (int64_t i = 0; i < d; ++i) {
+        plan_buf[size_t(i * kp + c)] = upk[size_t((c * d + i) * 4)];
+        plan_buf[size_t(d * kp + i * kp + c)] = upk[size_t(4 * k * d + (c * d + i) * 4)];
+      }
+  }
   const int64_t sxx_len = a.cov == 0 ? k * d * d : (a.cov == 1 ? 0 : k * d);
   const int64_t st_len = k + k * d + sxx_len;
   const int64_t rows_per_chunk = kBlocksPerChunk * TB;
@@ -410,6 +439,12 @@ void gmm_e_step(const GmmArgs& a) {
   static const RunFn f32[4] = {run_f0, run_f1, run_f2, run_f3};
   const RunFn run = (a.dtype == 3 ? f64 : f32)[a.cov];
   parallel_chunks(chunks, [&](int64_t ci) {
+    if (avx512) {
+      double* st = stats ? part.data() + ci * st_len : nullptr;
+      const int64_t r0 = ci * rows_per_chunk, r1 = std::min(a.n, r0 + rows_per_chunk);
+      gmm_diag_chunk_avx512(ca, plan, r0, r1, st, &llp[size_t(ci)]);
+      return;
+    }
     Work w;
     w.xt.assign(size_t((dp + 4) * TB), 0.0);
     w.yt.assign(a.cov == 1 ? size_t(dp * TB) : 0, 0.0);

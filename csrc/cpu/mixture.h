@@ -37,4 +37,21 @@ struct GmmArgs {
 };
 void gmm_e_step(const GmmArgs& a);
 
+// The diag / spherical E-step in AVX-512 (mixture_avx512.cpp), for rows [r0, r1) of a chunk: adds the
+// chunk's statistics (of x - centre) to st = [nk (k), sx (k, d), sxx (k, d)] and sum_n log_norm to *ll.
+// Coefficients of the expanded form lp[n][c] = q[c] + sum_i (x_i - centre_i)^2 A[i][c] + (x_i - centre_i) B[i][c],
+// components padded to kp (a multiple of 8) with A = B = 0 and q = -inf.
+struct GmmDiagPlan {
+  int64_t kp = 0;
+  const double* A = nullptr;       // (d, kp)
+  const double* B = nullptr;       // (d, kp)
+  const double* q = nullptr;       // (kp)
+  const double* centre = nullptr;  // (d)
+};
+bool gmm_diag_avx512_available();  // compiled in (x86-64 GCC); the caller also checks the CPU
+// the diag / spherical E-step runs mixture_avx512.cpp: compiled in, the CPU has AVX-512 F + VL, and
+// GENENGINE_CPU_ISA (cpu_common.h) does not ask for less
+bool gmm_diag_uses_avx512();
+void gmm_diag_chunk_avx512(const GmmArgs& a, const GmmDiagPlan& p, int64_t r0, int64_t r1, double* st, double* ll);
+
 }  // namespace ge
