@@ -12,6 +12,7 @@
 #include "cpu/cpu_common.h"
 #include "cpu/diffusion.h"
 #include "cpu/group_norm.h"
+#include "cpu/attention.h"
 #include "cpu/mixture.h"
 #include "cpu/parallel.h"
 
@@ -115,7 +116,7 @@ std::string build_flags() {
 }
 
 // The multiversioned loops' clone, then the Philox generator's path ("; philox: avx512 (auto)") and
-// the diagonal GMM E-step's, which GENENGINE_CPU_ISA=baseline|avx2|avx512 can force (cpu_common.h).
+// the diagonal GMM E-step's and float32 attention's, which GENENGINE_CPU_ISA=baseline|avx2|avx512 can force (cpu_common.h).
 std::string isa() {
 #if defined(GE_NATIVE)
   std::string loops = "native";
@@ -125,7 +126,8 @@ std::string isa() {
   std::string loops = "generic";
 #endif
   return loops + "; philox: " + ge::philox_isa_report() +
-         "; gmm diag/spherical: " + (ge::gmm_diag_uses_avx512() ? "avx512" : "the loops' clone");
+         "; gmm diag/spherical: " + (ge::gmm_diag_uses_avx512() ? "avx512" : "the loops' clone") +
+         "; attention float32: " + (ge::attention_avx512_in_use() ? "avx512" : "the loops' clone");
 }
 
 }  // namespace

@@ -214,6 +214,31 @@ def test_empty_and_single_key(backend, gen):
         torch.testing.assert_close(lse[1].double(), s, atol=1e-5, rtol=1e-5)
 
 
+def test_float32_cpu_paths_both_match_reference():
+    """float32 decode and prefill run an AVX-512 core on CPUs that have it; GENENGINE_CPU_ISA=avx2
+    keeps the multiversioned one. This file's cpp decode / prefill cases run in-process on the first
+    (asserted to be in use where the CPU has AVX-512) and here, in a subprocess, on the second."""
+    import os
+    import subprocess
+    import sys
+
+    from genengine import _backends
+
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        flags = []
+    if all(f in flags for f in ("avx512f", "avx512vl", "avx512bw", "avx512dq")):
+        assert "attention float32: avx512" in _backends.load_cpp().isa()
+    env = dict(os.environ, GENENGINE_CPU_ISA="avx2")
+    isa = subprocess.run([sys.executable, "-c", "from genengine import _backends; print(_backends.load_cpp().isa())"],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert "attention float32: the loops' clone" in isa, isa
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "cpp and (decode or prefill) and not float32_cpu_paths"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+
+
 def test_decode_float64_torch_backend(gen):
     _decode_case(gen, "torch", torch.float64, paged=True)
 

@@ -16,6 +16,10 @@
 //
 // Prefill runs the same core with a block of queries (times the group) as the rows, and a per-row
 // key range (causal, bottom-right aligned; sliding window).
+//
+// float32 on a CPU with AVX-512 takes attend_f32_avx512 instead: the same online softmax over blocks
+// of 128 keys (K read in order, then V, the next block prefetched), register tiles of 16-lane vectors
+// for the scores and the values; see the comment above it. GENENGINE_CPU_ISA=avx2 keeps the other.
 #include "attention.h"
 
 #include <algorithm>
@@ -24,6 +28,10 @@
 #include <limits>
 #include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 #include "cpu_common.h"
 #include "parallel.h"
@@ -382,6 +390,321 @@ GE_INLINE void attend(const RowSet& rs, int64_t klo, int64_t khi, float softcap,
   }
 }
 
+// ---- float32 keys and values on AVX-512 (16 lanes, 32 registers) ------------------------------
+// The same online softmax as attend<float>, restructured so that the multiply-adds, not the
+// bookkeeping, take the time: per block of 16 keys, the scores of a tile of rows x keys (4 x 4,
+// 2 x 8 or 1 x 16: 16 accumulators over D) reduced 16 at a time, one 16-lane softmax per row, and
+// the value update with a tile of rows x D (4 x 64, 2 x 128 or 1 x 128 floats) in registers for
+// the whole block. At D = 128, G = 4 that is 64 zmm multiply-adds per key and ~1 KB read; the AVX2
+// core spent ~2.5x that in shuffles, scalar reductions and accumulator reloads.
+// Key j of the item: page = bt ? bt[j / page_size] (clamped) : page0, slot = j % page_size.
+struct KeyAddr {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t k_sp = 0, k_ss = 0, v_sp = 0, v_ss = 0, page_size = 1, num_pages = 1, page0 = 0;
+  const int32_t* bt = nullptr;
+};
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define GE_A512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
+#define GE_A512_INLINE GE_A512 inline __attribute__((always_inline))
+
+// keys per block of the AVX-512 core: K is read 32 KB (D = 128) in order, then V; with 16-key blocks
+// (8 KB) the alternation between the K and V streams cost ~20% of the streaming rate
+constexpr int kBK512 = 128;
+constexpr int kSub = kBK512 / 16;
+
+
+// 2^x as exp2v (degree-7 polynomial on |f| <= 1/2), 2^k by vscalefps; x below -200 (and -inf) gives
+// exactly 0, x is clamped at 126, NaN stays NaN (max / min return their second operand for NaN)
+GE_A512_INLINE __m512 exp2_16(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(126.0f), _mm512_max_ps(_mm512_set1_ps(-200.0f), x));
+  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, k);
+  __m512 p = _mm512_set1_ps(1.5252733804059840e-05f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530393381609e-04f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-03f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-02f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-01f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+// lane i = the sum of v[i]'s 16 lanes (45 shuffles and adds for 16 sums)
+GE_A512_INLINE __m512 reduce16(const __m512* v) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)  // per 128-bit block: [x0+x2, y0+y2, x1+x3, y1+y3] of (x, y) = (v[2i], v[2i+1])
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {  // per block: the block sums of v[4i .. 4i+3]
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88), _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xDD));
+}
+
+GE_A512_INLINE __mmask16 chunk_mask(int64_t c, int64_t nc, bool half) { return c + 1 == nc && half ? 0x00FF : 0xFFFF; }
+
+// scores of RT rows (qs rows r0 ..) against KT keys (kp[0 .. KT)), RT * KT = 16, as lanes r * KT + j
+template <int RT, int KT>
+GE_A512_INLINE __m512 score_tile(const float* qs, int64_t D, const float* const* kp, int64_t nc, bool half) {
+  __m512 acc[RT * KT];
+  for (int i = 0; i < RT * KT; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < nc; ++c) {
+    const __mmask16 m = chunk_mask(c, nc, half);
+    __m512 q[RT];
+    for (int r = 0; r < RT; ++r) q[r] = _mm512_maskz_loadu_ps(m, qs + r * D + 16 * c);
+    for (int j = 0; j < KT; ++j) {
+      const __m512 kv = _mm512_maskz_loadu_ps(m, kp[j] + 16 * c);
+      for (int r = 0; r < RT; ++r) acc[r * KT + j] = _mm512_fmadd_ps(q[r], kv, acc[r * KT + j]);
+    }
+  }
+  return reduce16(acc);
+}
+
+// the scores of one query row against 16 keys with q in registers (NC = D / 16 rounded up <= 8
+// vectors), each key row read in order: the single-row tile without the block copy
+template <int NC>
+GE_A512_INLINE __m512 score_row_seq(const float* qs, const float* const* kp, bool half) {
+  __m512 q[NC], acc[16];
+  for (int c = 0; c < NC; ++c) q[c] = _mm512_maskz_loadu_ps(chunk_mask(c, NC, half), qs + 16 * c);
+  for (int j = 0; j < 16; ++j) {
+    acc[j] = _mm512_mul_ps(q[0], _mm512_maskz_loadu_ps(chunk_mask(0, NC, half), kp[j]));
+    for (int c = 1; c < NC; ++c) acc[j] = _mm512_fmadd_ps(q[c], _mm512_maskz_loadu_ps(chunk_mask(c, NC, half), kp[j] + 16 * c), acc[j]);
+  }
+  return reduce16(acc);
+}
+
+GE_A512_INLINE __m512 score_row(const float* qs, const float* const* kp, int64_t nc, bool half) {
+  switch (nc) {
+    case 1: return score_row_seq<1>(qs, kp, half);
+    case 2: return score_row_seq<2>(qs, kp, half);
+    case 3: return score_row_seq<3>(qs, kp, half);
+    case 4: return score_row_seq<4>(qs, kp, half);
+    case 5: return score_row_seq<5>(qs, kp, half);
+    case 6: return score_row_seq<6>(qs, kp, half);
+    case 7: return score_row_seq<7>(qs, kp, half);
+    case 8: return score_row_seq<8>(qs, kp, half);
+    default: return score_tile<1, 16>(qs, nc * 16 - (half ? 8 : 0), kp, nc, half);
+  }
+}
+
+// acc rows (RT of them, from row r0) [off, off + 16 DC) = acc * corr + sum_{j < n} p[r][j] v[j][...]
+template <int RT, int DC>
+GE_A512_INLINE void value_tile(float* acc, const float* p, const float* corr, const float* const* vp, int n, int64_t D,
+                               int64_t off, bool half_last) {
+  __m512 a[RT][DC];
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < DC; ++c) {
+      const __mmask16 m = c + 1 == DC && half_last ? 0x00FF : 0xFFFF;
+      a[r][c] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, acc + r * D + off + 16 * c), _mm512_set1_ps(corr[r]));
+    }
+  for (int j = 0; j < n; ++j) {
+    __m512 pj[RT];
+    for (int r = 0; r < RT; ++r) pj[r] = _mm512_set1_ps(p[r * kBK512 + j]);
+    for (int c = 0; c < DC; ++c) {
+      const __mmask16 m = c + 1 == DC && half_last ? 0x00FF : 0xFFFF;
+      const __m512 vv = _mm512_maskz_loadu_ps(m, vp[j] + off + 16 * c);
+      for (int r = 0; r < RT; ++r) a[r][c] = _mm512_fmadd_ps(pj[r], vv, a[r][c]);
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < DC; ++c) {
+      const __mmask16 m = c + 1 == DC && half_last ? 0x00FF : 0xFFFF;
+      _mm512_mask_storeu_ps(acc + r * D + off + 16 * c, m, a[r][c]);
+    }
+}
+
+template <int RT>
+GE_A512_INLINE void value_rows(float* acc, const float* p, const float* corr, const float* const* vp, int n, int64_t D) {
+  constexpr int DC = RT == 4 ? 4 : 8;  // RT * DC accumulators + RT broadcasts + 1 value of 32 registers
+  const int64_t nc = (D + 15) / 16;
+  const bool half = D % 16 != 0;
+  int64_t c = 0;
+  for (; c + DC <= nc; c += DC) value_tile<RT, DC>(acc, p, corr, vp, n, D, 16 * c, half && c + DC == nc);
+  switch (nc - c) {
+    case 1: value_tile<RT, 1>(acc, p, corr, vp, n, D, 16 * c, half); break;
+    case 2: value_tile<RT, 2>(acc, p, corr, vp, n, D, 16 * c, half); break;
+    case 3: value_tile<RT, 3>(acc, p, corr, vp, n, D, 16 * c, half); break;
+    case 4: value_tile<RT, 4>(acc, p, corr, vp, n, D, 16 * c, half); break;
+    case 5: value_tile<RT, 5>(acc, p, corr, vp, n, D, 16 * c, half); break;
+    case 6: value_tile<RT, 6>(acc, p, corr, vp, n, D, 16 * c, half); break;
+    case 7: value_tile<RT, 7>(acc, p, corr, vp, n, D, 16 * c, half); break;
+    default: break;
+  }
+}
+
+// one row's online-softmax step over a block of kBK512 scores (s, kSub vectors) masked to [ra, rb):
+// p (kBK512 floats) relative to the new running max, corr the accumulator's rescale; all-zero p and
+// corr 1 while the row has no finite score
+GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int32_t ra, int32_t rb, float softcap, float* p,
+                                  float& corr) {
+  ra = std::max(ra, 0);
+  rb = std::min(rb, kBK512);
+  __m512 mx = _mm512_set1_ps(kNegInf);
+  for (int u = 0; u < kSub; ++u) {
+    if (softcap > 0.0f) {
+      const __m512 e = exp2_16(_mm512_mul_ps(s[u], _mm512_set1_ps(2.0f * kLog2e / softcap)));
+      const __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
+      s[u] = _mm512_mul_ps(t, _mm512_set1_ps(softcap * kLog2e));
+    }
+    const int a = std::clamp(ra - 16 * u, 0, 16), b = std::clamp(rb - 16 * u, 0, 16);
+    const __mmask16 in = a < b ? __mmask16(((1u << b) - 1u) & ~((1u << a) - 1u)) : __mmask16(0);
+    s[u] = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), in, s[u]);
+    mx = _mm512_max_ps(mx, s[u]);
+  }
+  const float mold = rs.m[r], mb = _mm512_reduce_max_ps(mx), mnew = mb > mold ? mb : mold;
+  if (!(mnew > kNegInf)) {
+    for (int u = 0; u < kSub; ++u) _mm512_store_ps(p + 16 * u, _mm512_setzero_ps());
+    corr = 1.0f;
+    return;
+  }
+  const __m512 mv = _mm512_set1_ps(mnew);
+  __m512 sum = _mm512_setzero_ps();
+  for (int u = 0; u < kSub; ++u) {
+    const __m512 e = exp2_16(_mm512_sub_ps(s[u], mv));
+    sum = _mm512_add_ps(sum, e);
+    _mm512_store_ps(p + 16 * u, e);
+  }
+  corr = std::exp2(mold - mnew);
+  rs.l[r] = rs.l[r] * corr + _mm512_reduce_add_ps(sum);
+  rs.m[r] = mnew;
+}
+
+// no row of [r0, r0 + nr) attends a key of the block [j0, j0 + n)
+GE_A512_INLINE bool rows_idle(const RowSet& rs, int64_t r0, int nr, int64_t j0, int n) {
+  for (int r = 0; r < nr; ++r)
+    if (std::max(rs.lo[r0 + r], j0) < std::min(rs.hi[r0 + r], j0 + n)) return false;
+  return true;
+}
+
+struct Scratch512 {
+  std::vector<float> k;  // [kBK512, D] the block's keys, copied in order
+};
+thread_local Scratch512 t_scratch512;
+
+GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
+  const int64_t R = rs.R, D = rs.D, nc = (D + 15) / 16;
+  const bool half = D % 16 != 0;
+  for (int64_t r = 0; r < R; ++r) {
+    rs.m[r] = kNegInf;
+    rs.l[r] = 0.0f;
+  }
+  std::memset(rs.acc, 0, sizeof(float) * size_t(R * D));
+  std::vector<float>& kbuf = t_scratch512.k;
+  if (kbuf.size() < size_t(kBK512 * D)) kbuf.resize(size_t(kBK512 * D));
+  alignas(64) float pbuf[4 * kBK512];
+  float corr[4];
+  const float* kp[kBK512];
+  const float* vp[kBK512];
+  for (int64_t j0 = klo; j0 < khi; j0 += kBK512) {
+    const int n = int(std::min<int64_t>(kBK512, khi - j0));
+    int64_t pi = j0 / ka.page_size, slot = j0 - pi * ka.page_size;
+    int64_t page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
+    for (int j = 0; j < n; ++j) {
+      kp[j] = ka.k + page * ka.k_sp + slot * ka.k_ss;
+      vp[j] = ka.v + page * ka.v_sp + slot * ka.v_ss;
+      if (++slot == ka.page_size && j + 1 < n) {
+        slot = 0;
+        ++pi;
+        page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
+      }
+    }
+    // the multi-row score tiles read K column-wise (a 64-byte piece of each of 16 rows in turn), which
+    // the hardware prefetchers stream ~25% slower than rows in order: copy the block's keys in order
+    // first. A single row (G = 1) reads them in order itself (score_row).
+    const bool copy_k = R >= 2 || nc > 8;
+    for (int j = 0; j < (copy_k ? n : 0); ++j) {
+      float* dst = kbuf.data() + j * D;
+      for (int64_t c = 0; c < nc; ++c) {
+        const __mmask16 m = chunk_mask(c, nc, half);
+        _mm512_mask_storeu_ps(dst + 16 * c, m, _mm512_maskz_loadu_ps(m, kp[j] + 16 * c));
+      }
+      kp[j] = dst;
+    }
+    for (int j = n; j < kBK512; ++j) kp[j] = vp[j] = g_zero_row;
+    {  // the next block's rows, requested now: the hardware prefetchers alone left ~10% of the stream
+      // rate on the table (prefetchnta measured as well as t0 / t1; two blocks ahead no better)
+      const int64_t j1 = j0 + kBK512, n1 = std::min<int64_t>(kBK512, khi - j1);
+      int64_t pi1 = j1 / ka.page_size, slot1 = j1 - pi1 * ka.page_size;
+      int64_t page1 = n1 > 0 && ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
+      for (int64_t j = 0; j < n1; ++j) {
+        const char* kr = reinterpret_cast<const char*>(ka.k + page1 * ka.k_sp + slot1 * ka.k_ss);
+        const char* vr = reinterpret_cast<const char*>(ka.v + page1 * ka.v_sp + slot1 * ka.v_ss);
+        for (int64_t o = 0; o < D * 4; o += 64) {
+          _mm_prefetch(kr + o, _MM_HINT_NTA);
+          _mm_prefetch(vr + o, _MM_HINT_NTA);
+        }
+        if (++slot1 == ka.page_size && j + 1 < n1) {
+          slot1 = 0;
+          ++pi1;
+          page1 = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
+        }
+      }
+    }
+    const int nsub = (n + 15) / 16;
+    int64_t r0 = 0;
+    for (; r0 + 4 <= R; r0 += 4) {  // ---- 4 rows: scores 4 x 4 keys at a time, values 4 x 64 floats
+      if (rows_idle(rs, r0, 4, j0, n)) continue;
+      __m512 rows[4][kSub];
+      for (int u = 0; u < nsub; ++u) {
+        __m512 d[4];
+        for (int g = 0; g < 4; ++g) d[g] = score_tile<4, 4>(rs.qs + r0 * D, D, kp + 16 * u + 4 * g, nc, half);
+        const __m512 t0 = _mm512_shuffle_f32x4(d[0], d[1], 0x44), t1 = _mm512_shuffle_f32x4(d[2], d[3], 0x44);
+        const __m512 t2 = _mm512_shuffle_f32x4(d[0], d[1], 0xEE), t3 = _mm512_shuffle_f32x4(d[2], d[3], 0xEE);
+        rows[0][u] = _mm512_shuffle_f32x4(t0, t1, 0x88);
+        rows[1][u] = _mm512_shuffle_f32x4(t0, t1, 0xDD);
+        rows[2][u] = _mm512_shuffle_f32x4(t2, t3, 0x88);
+        rows[3][u] = _mm512_shuffle_f32x4(t2, t3, 0xDD);
+      }
+      for (int r = 0; r < 4; ++r) {
+        for (int u = nsub; u < kSub; ++u) rows[r][u] = _mm512_set1_ps(kNegInf);
+        softmax_block(rs, r0 + r, rows[r], int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
+                      softcap, pbuf + kBK512 * r, corr[r]);
+      }
+      value_rows<4>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
+    }
+    for (; r0 + 2 <= R; r0 += 2) {  // ---- 2 rows: 2 x 8 keys, 2 x 128 floats
+      if (rows_idle(rs, r0, 2, j0, n)) continue;
+      __m512 rows[2][kSub];
+      for (int u = 0; u < nsub; ++u) {
+        const __m512 a = score_tile<2, 8>(rs.qs + r0 * D, D, kp + 16 * u, nc, half);
+        const __m512 b = score_tile<2, 8>(rs.qs + r0 * D, D, kp + 16 * u + 8, nc, half);
+        rows[0][u] = _mm512_shuffle_f32x4(a, b, 0x44);
+        rows[1][u] = _mm512_shuffle_f32x4(a, b, 0xEE);
+      }
+      for (int r = 0; r < 2; ++r) {
+        for (int u = nsub; u < kSub; ++u) rows[r][u] = _mm512_set1_ps(kNegInf);
+        softmax_block(rs, r0 + r, rows[r], int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
+                      softcap, pbuf + kBK512 * r, corr[r]);
+      }
+      value_rows<2>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
+    }
+    for (; r0 < R; ++r0) {  // ---- a single row: 16 keys, 128 floats
+      if (rows_idle(rs, r0, 1, j0, n)) continue;
+      __m512 row[kSub];
+      for (int u = 0; u < nsub; ++u) row[u] = score_row(rs.qs + r0 * D, kp + 16 * u, nc, half);
+      for (int u = nsub; u < kSub; ++u) row[u] = _mm512_set1_ps(kNegInf);
+      softmax_block(rs, r0, row, int32_t(rs.lo[r0] - j0), int32_t(std::min<int64_t>(rs.hi[r0], j0 + n) - j0), softcap, pbuf,
+                    corr[0]);
+      value_rows<1>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
+    }
+  }
+}
+
+bool attend_avx512_usable() {
+  static const bool yes = g_cpu_isa >= kIsaAvx512 && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+  return yes;
+}
+#else
+void attend_f32_avx512(const RowSet&, int64_t, int64_t, float, const KeyAddr&) {}
+bool attend_avx512_usable() { return false; }
+#endif
+
 // normalised output row r (zeros when it attended nothing) and its natural-log LSE
 template <typename O>
 GE_INLINE float finish_row(const RowSet& rs, int64_t r, O* out) {
@@ -451,7 +774,26 @@ GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
       }
     }
   };
-  attend<T>(rs, klo, khi, a.softcap, fill);
+  if constexpr (std::is_same<T, float>::value) {
+    if (attend_avx512_usable()) {
+      KeyAddr ka;
+      ka.k = kbase;
+      ka.v = vbase;
+      ka.k_sp = kv.k_sp;
+      ka.k_ss = kv.k_ss;
+      ka.v_sp = kv.v_sp;
+      ka.v_ss = kv.v_ss;
+      ka.page_size = kv.page_size;
+      ka.num_pages = kv.num_pages;
+      ka.page0 = b;
+      ka.bt = bt;
+      attend_f32_avx512(rs, klo, khi, a.softcap, ka);
+    } else {
+      attend<T>(rs, klo, khi, a.softcap, fill);
+    }
+  } else {
+    attend<T>(rs, klo, khi, a.softcap, fill);
+  }
   for (int64_t qi = 0; qi < Q; ++qi) {
     for (int64_t g = 0; g < G; ++g) {
       const int64_t r = qi * G + g, hq = h * G + g, orow = (b * Q + qi) * a.Hq + hq;
@@ -563,7 +905,21 @@ GE_INLINE void prefill_item(const PrefillPlan& p, int64_t item) {
       vr[j] = vbase + (j0 + j) * a.v_st;
     }
   };
-  attend<T>(rs, klo, std::max(klo, khi), a.softcap, fill);
+  if constexpr (std::is_same<T, float>::value) {
+    if (attend_avx512_usable()) {
+      KeyAddr ka;  // one "page" holding every key of the sequence
+      ka.k = kbase;
+      ka.v = vbase;
+      ka.k_ss = a.k_st;
+      ka.v_ss = a.v_st;
+      ka.page_size = std::numeric_limits<int64_t>::max() / 2;
+      attend_f32_avx512(rs, klo, std::max(klo, khi), a.softcap, ka);
+    } else {
+      attend<T>(rs, klo, std::max(klo, khi), a.softcap, fill);
+    }
+  } else {
+    attend<T>(rs, klo, std::max(klo, khi), a.softcap, fill);
+  }
   for (int64_t i = 0; i < nq; ++i) {
     for (int64_t g = 0; g < G; ++g) {
       const int64_t orow = (q0 + i0 + i) * a.Hq + h * G + g;
@@ -653,6 +1009,8 @@ void rope_tokens_any(const RopeArgs& a, int64_t t0, int64_t t1) {
 }
 
 }  // namespace
+
+bool attention_avx512_in_use() { return attend_avx512_usable(); }
 
 int64_t decode_default_splits(int64_t B, int64_t Hkv, int64_t max_keys) {
   // enough items for 4 per thread (dynamic hand-out evens out unequal lengths), but no split

@@ -8,6 +8,10 @@
 
 namespace ge {
 
+// float32 decode / prefill run the AVX-512 core (attention.cpp): the CPU has AVX-512 F/VL/BW/DQ and
+// GENENGINE_CPU_ISA does not ask for less
+bool attention_avx512_in_use();
+
 // Key j of sequence b, kv head h lives at k + page * k_sp + slot * k_ss + h * k_sh with
 // page = block_table[b * bt_stride + j / page_size], slot = j % page_size. A contiguous cache
 // [B, Hkv, S, D] is the same with block_table = null (page = b) and page_size = S.
