@@ -137,9 +137,9 @@ def test_diag_kernel_isa_paths_match_reference(tmp_path, gen):
         subprocess.run([sys.executable, "-c", _DIAG_PROBE, str(tmp_path / "cases.pt"), str(out)],
                        env=dict(os.environ, GENENGINE_CPU_ISA=isa), check=True)
         runs[isa] = torch.load(out)
-    assert runs["avx2"]["isa"].endswith("gmm diag/spherical: the loops' clone"), runs["avx2"]["isa"]
+    assert "gmm diag/spherical: the loops' clone" in runs["avx2"]["isa"], runs["avx2"]["isa"]
     if _cpu_has_avx512():  # the fast path must be the one taken, not silently skipped
-        assert runs["auto"]["isa"].endswith("gmm diag/spherical: avx512"), runs["auto"]["isa"]
+        assert "gmm diag/spherical: avx512" in runs["auto"]["isa"], runs["auto"]["isa"]
     for isa, run in runs.items():
         for c, res in zip(cases, run["res"]):
             ln, lr = ref.e_step(c["x"], c["w"], c["mu"], c["pc"], c["ct"])

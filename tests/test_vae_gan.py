@@ -87,9 +87,9 @@ def test_bounds_on_a_linear_gaussian_vae(gen):
     """Encoder/decoder linear: p(x) = N(b, W W^T + s2 I) exactly, so ELBO <= IWAE_k <= log p(x),
     IWAE increasing in k and tight (to Monte Carlo noise) for large k."""
     d, q = 3, 2
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))  # the networks too: reproducible from the seed
     dec = nn.Linear(q, d)
     enc = nn.Linear(d, 2 * q)
-    torch.manual_seed(int(torch.randint(0, 1000, (1,), generator=gen)))
     vae = ge.models.VAE(enc, dec, q, likelihood="gaussian")
     with torch.no_grad():
         vae.obs_logvar.fill_(math.log(0.5))
@@ -105,9 +105,11 @@ def test_bounds_on_a_linear_gaussian_vae(gen):
     def se(d):  # standard error of a mean over the rows
         return float(d.std() / math.sqrt(d.numel()))
 
-    # the bounds hold in expectation (a single IWAE estimate may land above log p(x), and with an
-    # untrained encoder the weights are heavy-tailed): compare means, to 4 standard errors
-    assert (elbo <= exact + 1e-3).all() and i2000.mean() <= exact.mean() + 4 * se(i2000 - exact) + 0.01
+    # the bounds hold in expectation (a 200-sample ELBO estimate or a single IWAE estimate may land
+    # above log p(x) where the bound is nearly tight, and with an untrained encoder the weights are
+    # heavy-tailed): compare means, to 4 standard errors
+    assert elbo.mean() <= exact.mean() + 4 * se(elbo - exact) + 1e-3
+    assert i2000.mean() <= exact.mean() + 4 * se(i2000 - exact) + 0.01
     assert i10.mean() >= i1.mean() - 4 * se(i10 - i1)
     assert i2000.mean() >= i10.mean() - 4 * se(i2000 - i10) - 0.01
     assert (i2000 - exact).mean().abs() < 0.2 * (exact - elbo).mean() + 4 * se(i2000 - exact) + 0.05
