@@ -19,7 +19,9 @@
 //
 // float32 on a CPU with AVX-512 takes attend_f32_avx512 instead: the same online softmax over blocks
 // of 128 keys (K read in order, then V, the next block prefetched), register tiles of 16-lane vectors
-// for the scores and the values; see the comment above it. GENENGINE_CPU_ISA=avx2 keeps the other.
+// for the scores and the values; see the comment above it. A paged float32 cache there is walked by
+// items of (sequence, split) over every kv head a block at a time (decode_item_heads), since its
+// slots hold all heads' rows contiguously. GENENGINE_CPU_ISA=avx2 keeps the other core.
 #include "attention.h"
 
 #include <algorithm>
@@ -540,12 +542,12 @@ GE_A512_INLINE void value_rows(float* acc, const float* p, const float* corr, co
 // one row's online-softmax step over a block of kBK512 scores (s, kSub vectors) masked to [ra, rb):
 // p (kBK512 floats) relative to the new running max, corr the accumulator's rescale; all-zero p and
 // corr 1 while the row has no finite score
-GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int32_t ra, int32_t rb, float softcap, float* p,
-                                  float& corr) {
+GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int nsub, int32_t ra, int32_t rb, float softcap,
+                                  float* p, float& corr) {
   ra = std::max(ra, 0);
   rb = std::min(rb, kBK512);
   __m512 mx = _mm512_set1_ps(kNegInf);
-  for (int u = 0; u < kSub; ++u) {
+  for (int u = 0; u < nsub; ++u) {
     if (softcap > 0.0f) {
       const __m512 e = exp2_16(_mm512_mul_ps(s[u], _mm512_set1_ps(2.0f * kLog2e / softcap)));
       const __m512 t = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f))));
@@ -558,13 +560,13 @@ GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int32_
   }
   const float mold = rs.m[r], mb = _mm512_reduce_max_ps(mx), mnew = mb > mold ? mb : mold;
   if (!(mnew > kNegInf)) {
-    for (int u = 0; u < kSub; ++u) _mm512_store_ps(p + 16 * u, _mm512_setzero_ps());
+    for (int u = 0; u < nsub; ++u) _mm512_store_ps(p + 16 * u, _mm512_setzero_ps());
     corr = 1.0f;
     return;
   }
   const __m512 mv = _mm512_set1_ps(mnew);
   __m512 sum = _mm512_setzero_ps();
-  for (int u = 0; u < kSub; ++u) {
+  for (int u = 0; u < nsub; ++u) {
     const __m512 e = exp2_16(_mm512_sub_ps(s[u], mv));
     sum = _mm512_add_ps(sum, e);
     _mm512_store_ps(p + 16 * u, e);
@@ -586,111 +588,160 @@ struct Scratch512 {
 };
 thread_local Scratch512 t_scratch512;
 
-GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
-  const int64_t R = rs.R, D = rs.D, nc = (D + 15) / 16;
-  const bool half = D % 16 != 0;
-  for (int64_t r = 0; r < R; ++r) {
+// rows' softmax state before the first block
+GE_A512_INLINE void attend512_init(const RowSet& rs) {
+  for (int64_t r = 0; r < rs.R; ++r) {
     rs.m[r] = kNegInf;
     rs.l[r] = 0.0f;
   }
-  std::memset(rs.acc, 0, sizeof(float) * size_t(R * D));
+  std::memset(rs.acc, 0, sizeof(float) * size_t(rs.R * rs.D));
+}
+
+// the online-softmax step of every row of rs over keys [j0, j0 + n), n <= kBK512, of the keys
+// below khi; prefetch: also request the next block's rows
+GE_A512 void attend512_block(const RowSet& rs, int64_t j0, int n, int64_t khi, float softcap, const KeyAddr& ka,
+                             bool prefetch) {
+  const int64_t R = rs.R, D = rs.D, nc = (D + 15) / 16;
+  const bool half = D % 16 != 0;
   std::vector<float>& kbuf = t_scratch512.k;
   if (kbuf.size() < size_t(kBK512 * D)) kbuf.resize(size_t(kBK512 * D));
   alignas(64) float pbuf[4 * kBK512];
   float corr[4];
   const float* kp[kBK512];
   const float* vp[kBK512];
-  for (int64_t j0 = klo; j0 < khi; j0 += kBK512) {
-    const int n = int(std::min<int64_t>(kBK512, khi - j0));
-    int64_t pi = j0 / ka.page_size, slot = j0 - pi * ka.page_size;
-    int64_t page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
-    for (int j = 0; j < n; ++j) {
-      kp[j] = ka.k + page * ka.k_sp + slot * ka.k_ss;
-      vp[j] = ka.v + page * ka.v_sp + slot * ka.v_ss;
-      if (++slot == ka.page_size && j + 1 < n) {
-        slot = 0;
-        ++pi;
-        page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
+  int64_t pi = j0 / ka.page_size, slot = j0 - pi * ka.page_size;
+  int64_t page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
+  for (int j = 0; j < n; ++j) {
+    kp[j] = ka.k + page * ka.k_sp + slot * ka.k_ss;
+    vp[j] = ka.v + page * ka.v_sp + slot * ka.v_ss;
+    if (++slot == ka.page_size && j + 1 < n) {
+      slot = 0;
+      ++pi;
+      page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
+    }
+  }
+  // the multi-row score tiles read K column-wise (a 64-byte piece of each of 16 rows in turn), which
+  // the hardware prefetchers stream ~25% slower than rows in order: copy the block's keys in order
+  // first. A single row (G = 1) reads them in order itself (score_row).
+  const bool copy_k = R >= 2 || nc > 8;
+  for (int j = 0; j < (copy_k ? n : 0); ++j) {
+    float* dst = kbuf.data() + j * D;
+    for (int64_t c = 0; c < nc; ++c) {
+      const __mmask16 m = chunk_mask(c, nc, half);
+      _mm512_mask_storeu_ps(dst + 16 * c, m, _mm512_maskz_loadu_ps(m, kp[j] + 16 * c));
+    }
+    kp[j] = dst;
+  }
+  for (int j = n; j < kBK512; ++j) kp[j] = vp[j] = g_zero_row;
+  if (prefetch) {  // the next block's rows, requested now: the hardware prefetchers alone left ~10% of the stream
+    // rate on the table (prefetchnta measured as well as t0 / t1; two blocks ahead no better)
+    const int64_t j1 = j0 + n, n1 = std::min<int64_t>(kBK512, khi - j1);
+    int64_t pi1 = j1 / ka.page_size, slot1 = j1 - pi1 * ka.page_size;
+    int64_t page1 = n1 > 0 && ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
+    for (int64_t j = 0; j < n1; ++j) {
+      const char* kr = reinterpret_cast<const char*>(ka.k + page1 * ka.k_sp + slot1 * ka.k_ss);
+      const char* vr = reinterpret_cast<const char*>(ka.v + page1 * ka.v_sp + slot1 * ka.v_ss);
+      for (int64_t o = 0; o < D * 4; o += 64) {
+        _mm_prefetch(kr + o, _MM_HINT_NTA);
+        _mm_prefetch(vr + o, _MM_HINT_NTA);
+      }
+      if (++slot1 == ka.page_size && j + 1 < n1) {
+        slot1 = 0;
+        ++pi1;
+        page1 = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
       }
     }
-    // the multi-row score tiles read K column-wise (a 64-byte piece of each of 16 rows in turn), which
-    // the hardware prefetchers stream ~25% slower than rows in order: copy the block's keys in order
-    // first. A single row (G = 1) reads them in order itself (score_row).
-    const bool copy_k = R >= 2 || nc > 8;
-    for (int j = 0; j < (copy_k ? n : 0); ++j) {
-      float* dst = kbuf.data() + j * D;
-      for (int64_t c = 0; c < nc; ++c) {
-        const __mmask16 m = chunk_mask(c, nc, half);
-        _mm512_mask_storeu_ps(dst + 16 * c, m, _mm512_maskz_loadu_ps(m, kp[j] + 16 * c));
-      }
-      kp[j] = dst;
+  }
+  const int nsub = (n + 15) / 16;
+  int64_t r0 = 0;
+  for (; r0 + 4 <= R; r0 += 4) {  // ---- 4 rows: scores 4 x 4 keys at a time, values 4 x 64 floats
+    if (rows_idle(rs, r0, 4, j0, n)) continue;
+    __m512 rows[4][kSub];
+    for (int u = 0; u < nsub; ++u) {
+      __m512 d[4];
+      for (int g = 0; g < 4; ++g) d[g] = score_tile<4, 4>(rs.qs + r0 * D, D, kp + 16 * u + 4 * g, nc, half);
+      const __m512 t0 = _mm512_shuffle_f32x4(d[0], d[1], 0x44), t1 = _mm512_shuffle_f32x4(d[2], d[3], 0x44);
+      const __m512 t2 = _mm512_shuffle_f32x4(d[0], d[1], 0xEE), t3 = _mm512_shuffle_f32x4(d[2], d[3], 0xEE);
+      rows[0][u] = _mm512_shuffle_f32x4(t0, t1, 0x88);
+      rows[1][u] = _mm512_shuffle_f32x4(t0, t1, 0xDD);
+      rows[2][u] = _mm512_shuffle_f32x4(t2, t3, 0x88);
+      rows[3][u] = _mm512_shuffle_f32x4(t2, t3, 0xDD);
     }
-    for (int j = n; j < kBK512; ++j) kp[j] = vp[j] = g_zero_row;
-    {  // the next block's rows, requested now: the hardware prefetchers alone left ~10% of the stream
-      // rate on the table (prefetchnta measured as well as t0 / t1; two blocks ahead no better)
-      const int64_t j1 = j0 + kBK512, n1 = std::min<int64_t>(kBK512, khi - j1);
-      int64_t pi1 = j1 / ka.page_size, slot1 = j1 - pi1 * ka.page_size;
-      int64_t page1 = n1 > 0 && ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
-      for (int64_t j = 0; j < n1; ++j) {
-        const char* kr = reinterpret_cast<const char*>(ka.k + page1 * ka.k_sp + slot1 * ka.k_ss);
-        const char* vr = reinterpret_cast<const char*>(ka.v + page1 * ka.v_sp + slot1 * ka.v_ss);
-        for (int64_t o = 0; o < D * 4; o += 64) {
-          _mm_prefetch(kr + o, _MM_HINT_NTA);
-          _mm_prefetch(vr + o, _MM_HINT_NTA);
-        }
-        if (++slot1 == ka.page_size && j + 1 < n1) {
-          slot1 = 0;
-          ++pi1;
-          page1 = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
-        }
+    for (int r = 0; r < 4; ++r) {
+      softmax_block(rs, r0 + r, rows[r], nsub, int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
+                    softcap, pbuf + kBK512 * r, corr[r]);
+    }
+    value_rows<4>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
+  }
+  for (; r0 + 2 <= R; r0 += 2) {  // ---- 2 rows: 2 x 8 keys, 2 x 128 floats
+    if (rows_idle(rs, r0, 2, j0, n)) continue;
+    __m512 rows[2][kSub];
+    for (int u = 0; u < nsub; ++u) {
+      const __m512 a = score_tile<2, 8>(rs.qs + r0 * D, D, kp + 16 * u, nc, half);
+      const __m512 b = score_tile<2, 8>(rs.qs + r0 * D, D, kp + 16 * u + 8, nc, half);
+      rows[0][u] = _mm512_shuffle_f32x4(a, b, 0x44);
+      rows[1][u] = _mm512_shuffle_f32x4(a, b, 0xEE);
+    }
+    for (int r = 0; r < 2; ++r) {
+      softmax_block(rs, r0 + r, rows[r], nsub, int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
+                    softcap, pbuf + kBK512 * r, corr[r]);
+    }
+    value_rows<2>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
+  }
+  for (; r0 < R; ++r0) {  // ---- a single row: 16 keys, 128 floats
+    if (rows_idle(rs, r0, 1, j0, n)) continue;
+    __m512 row[kSub];
+    for (int u = 0; u < nsub; ++u) row[u] = score_row(rs.qs + r0 * D, kp + 16 * u, nc, half);
+    softmax_block(rs, r0, row, nsub, int32_t(rs.lo[r0] - j0), int32_t(std::min<int64_t>(rs.hi[r0], j0 + n) - j0), softcap, pbuf,
+                  corr[0]);
+    value_rows<1>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
+  }
+}
+
+GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
+  attend512_init(rs);
+  for (int64_t j0 = klo; j0 < khi; j0 += kBK512)
+    attend512_block(rs, j0, int(std::min<int64_t>(kBK512, khi - j0)), khi, softcap, ka, true);
+}
+
+// Every kv head of a sequence, a block of nb keys at a time for all heads: in the paged layout
+// [pages, page_size, Hkv, D] a slot holds all heads' rows contiguously, so this walks the cache in
+// order where one head at a time reads rows Hkv * D apart. rows: the heads' rows, R per head.
+GE_A512 void attend_f32_avx512_heads(const RowSet& rows, int64_t Hkv, int64_t R, int64_t klo, int64_t khi, float softcap,
+                                     const KeyAddr& ka, int64_t k_sh, int64_t v_sh, int nb) {
+  const int64_t D = rows.D;
+  auto head = [&](int64_t h) {
+    RowSet v = rows;
+    v.R = R;
+    v.qs += h * R * D;
+    v.acc += h * R * D;
+    v.m += h * R;
+    v.l += h * R;
+    v.lo += h * R;
+    v.hi += h * R;
+    return v;
+  };
+  for (int64_t h = 0; h < Hkv; ++h) attend512_init(head(h));
+  for (int64_t j0 = klo; j0 < khi; j0 += nb) {
+    const int n = int(std::min<int64_t>(nb, khi - j0));
+    // the next block's slots, each Hkv * D floats in one piece, requested in order (t0 measured a
+    // little better than nta here, where the block is meant to stay in L2 for every head)
+    const int64_t j1 = j0 + n, n1 = std::min<int64_t>(nb, khi - j1);
+    for (int64_t j = 0; j < n1; ++j) {
+      const int64_t pos = j1 + j, pi = pos / ka.page_size, slot = pos - pi * ka.page_size;
+      const int64_t page = std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1);
+      const char* kr = reinterpret_cast<const char*>(ka.k + page * ka.k_sp + slot * ka.k_ss);
+      const char* vr = reinterpret_cast<const char*>(ka.v + page * ka.v_sp + slot * ka.v_ss);
+      for (int64_t o = 0; o < Hkv * D * 4; o += 64) {
+        _mm_prefetch(kr + o, _MM_HINT_T0);
+        _mm_prefetch(vr + o, _MM_HINT_T0);
       }
     }
-    const int nsub = (n + 15) / 16;
-    int64_t r0 = 0;
-    for (; r0 + 4 <= R; r0 += 4) {  // ---- 4 rows: scores 4 x 4 keys at a time, values 4 x 64 floats
-      if (rows_idle(rs, r0, 4, j0, n)) continue;
-      __m512 rows[4][kSub];
-      for (int u = 0; u < nsub; ++u) {
-        __m512 d[4];
-        for (int g = 0; g < 4; ++g) d[g] = score_tile<4, 4>(rs.qs + r0 * D, D, kp + 16 * u + 4 * g, nc, half);
-        const __m512 t0 = _mm512_shuffle_f32x4(d[0], d[1], 0x44), t1 = _mm512_shuffle_f32x4(d[2], d[3], 0x44);
-        const __m512 t2 = _mm512_shuffle_f32x4(d[0], d[1], 0xEE), t3 = _mm512_shuffle_f32x4(d[2], d[3], 0xEE);
-        rows[0][u] = _mm512_shuffle_f32x4(t0, t1, 0x88);
-        rows[1][u] = _mm512_shuffle_f32x4(t0, t1, 0xDD);
-        rows[2][u] = _mm512_shuffle_f32x4(t2, t3, 0x88);
-        rows[3][u] = _mm512_shuffle_f32x4(t2, t3, 0xDD);
-      }
-      for (int r = 0; r < 4; ++r) {
-        for (int u = nsub; u < kSub; ++u) rows[r][u] = _mm512_set1_ps(kNegInf);
-        softmax_block(rs, r0 + r, rows[r], int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
-                      softcap, pbuf + kBK512 * r, corr[r]);
-      }
-      value_rows<4>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
-    }
-    for (; r0 + 2 <= R; r0 += 2) {  // ---- 2 rows: 2 x 8 keys, 2 x 128 floats
-      if (rows_idle(rs, r0, 2, j0, n)) continue;
-      __m512 rows[2][kSub];
-      for (int u = 0; u < nsub; ++u) {
-        const __m512 a = score_tile<2, 8>(rs.qs + r0 * D, D, kp + 16 * u, nc, half);
-        const __m512 b = score_tile<2, 8>(rs.qs + r0 * D, D, kp + 16 * u + 8, nc, half);
-        rows[0][u] = _mm512_shuffle_f32x4(a, b, 0x44);
-        rows[1][u] = _mm512_shuffle_f32x4(a, b, 0xEE);
-      }
-      for (int r = 0; r < 2; ++r) {
-        for (int u = nsub; u < kSub; ++u) rows[r][u] = _mm512_set1_ps(kNegInf);
-        softmax_block(rs, r0 + r, rows[r], int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
-                      softcap, pbuf + kBK512 * r, corr[r]);
-      }
-      value_rows<2>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
-    }
-    for (; r0 < R; ++r0) {  // ---- a single row: 16 keys, 128 floats
-      if (rows_idle(rs, r0, 1, j0, n)) continue;
-      __m512 row[kSub];
-      for (int u = 0; u < nsub; ++u) row[u] = score_row(rs.qs + r0 * D, kp + 16 * u, nc, half);
-      for (int u = nsub; u < kSub; ++u) row[u] = _mm512_set1_ps(kNegInf);
-      softmax_block(rs, r0, row, int32_t(rs.lo[r0] - j0), int32_t(std::min<int64_t>(rs.hi[r0], j0 + n) - j0), softcap, pbuf,
-                    corr[0]);
-      value_rows<1>(rs.acc + r0 * D, pbuf, corr, vp, n, D);
+    for (int64_t h = 0; h < Hkv; ++h) {
+      KeyAddr kh = ka;
+      kh.k += h * k_sh;
+      kh.v += h * v_sh;
+      attend512_block(head(h), j0, n, khi, softcap, kh, false);
     }
   }
 }
@@ -702,6 +753,7 @@ bool attend_avx512_usable() {
 }
 #else
 void attend_f32_avx512(const RowSet&, int64_t, int64_t, float, const KeyAddr&) {}
+void attend_f32_avx512_heads(const RowSet&, int64_t, int64_t, int64_t, int64_t, float, const KeyAddr&, int64_t, int64_t, int) {}
 bool attend_avx512_usable() { return false; }
 #endif
 
@@ -806,6 +858,60 @@ GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
       }
     }
   }
+}
+
+// A paged float32 item on AVX-512: (batch row, KV split) with every kv head (attend_f32_avx512_heads);
+// outputs and partials land where decode_item's would
+void decode_item_heads(const DecodePlan& p, int64_t item) {
+  const DecodeArgs& a = *p.a;
+  const int64_t split = item % p.splits, b = item / p.splits;
+  const int64_t D = a.D, Q = a.Q, G = p.G, R = p.R, Hkv = a.Hkv;
+  const int64_t L = clamp_len(p, b);
+  RowSet rs = make_rows(Hkv * R, D);
+  const float mult = a.softcap > 0.0f ? a.scale : a.scale * kLog2e;
+  const float* q = static_cast<const float*>(a.q);
+  for (int64_t h = 0; h < Hkv; ++h)
+    for (int64_t qi = 0; qi < Q; ++qi) {
+      const int64_t pos = L - Q + qi;
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = h * R + qi * G + g;
+        load_query(rs, r, q + ((b * Q + qi) * a.Hq + h * G + g) * D, mult);
+        rs.hi[r] = pos >= 0 ? pos + 1 : 0;
+        rs.lo[r] = (pos >= 0 && a.window > 0) ? std::max<int64_t>(0, pos - a.window + 1) : 0;
+        if (rs.lo[r] > rs.hi[r]) rs.lo[r] = rs.hi[r];
+      }
+    }
+  const int64_t kb = a.window > 0 ? std::max<int64_t>(0, L - Q - a.window + 1) : 0;
+  const int64_t total = std::max<int64_t>(0, L - kb);
+  const int64_t chunk = (total + p.splits - 1) / p.splits;
+  const int64_t klo = std::min(L, kb + split * chunk), khi = std::min(L, kb + (split + 1) * chunk);
+  const KvLayout& kv = a.kv;
+  KeyAddr ka;
+  ka.k = static_cast<const float*>(kv.k);
+  ka.v = static_cast<const float*>(kv.v);
+  ka.k_sp = kv.k_sp;
+  ka.k_ss = kv.k_ss;
+  ka.v_sp = kv.v_sp;
+  ka.v_ss = kv.v_ss;
+  ka.page_size = kv.page_size;
+  ka.num_pages = kv.num_pages;
+  ka.bt = kv.block_table + b * kv.bt_stride;
+  // keys per block: the block's K and V for all heads within ~512 KB of L2
+  const int64_t per_key = 2 * Hkv * D * int64_t(sizeof(float));
+  const int nb = int(std::clamp<int64_t>((int64_t(512) << 10) / per_key / 16 * 16, 16, kBK512));
+  attend_f32_avx512_heads(rs, Hkv, R, klo, khi, a.softcap, ka, kv.k_sh, kv.v_sh, nb);
+  for (int64_t h = 0; h < Hkv; ++h)
+    for (int64_t qi = 0; qi < Q; ++qi)
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t r = qi * G + g, orow = (b * Q + qi) * a.Hq + h * G + g;
+        if (p.splits == 1) {
+          const float lse = finish_row(rs, h * R + r, static_cast<float*>(a.out) + orow * D);
+          if (a.lse) a.lse[orow] = lse;
+        } else {
+          const int64_t w = ((b * Hkv + h) * R + r) * p.splits + split;
+          p.ws_lse[w] = finish_row(rs, h * R + r, p.ws_out + w * D);
+        }
+      }
 }
 
 template <typename T>
@@ -1030,7 +1136,11 @@ void decode_attention(const DecodeArgs& a) {
   p.capacity = a.kv.block_table ? a.kv.bt_stride * a.kv.page_size : a.kv.page_size;
   int64_t max_keys = 0;
   for (int64_t b = 0; b < a.B; ++b) max_keys = std::max<int64_t>(max_keys, std::min<int64_t>(a.seqlens[b], p.capacity));
-  p.splits = a.num_splits > 0 ? a.num_splits : decode_default_splits(a.B, a.Hkv, max_keys);
+  // paged float32 on AVX-512: an item takes every kv head of its sequence (decode_item_heads), so
+  // there are B * splits items, not B * Hkv * splits
+  const bool heads = a.dtype == kFloat32 && a.kv.block_table != nullptr && attend_avx512_usable() &&
+                     a.kv.k_sh == a.D && a.kv.v_sh == a.D && a.kv.k_ss == a.Hkv * a.D && a.kv.v_ss == a.Hkv * a.D;
+  p.splits = a.num_splits > 0 ? a.num_splits : decode_default_splits(a.B, heads ? 1 : a.Hkv, max_keys);
   std::vector<float> ws;
   if (p.splits > 1) {
     const size_t rows = size_t(a.B * a.Hkv * p.R * p.splits);
@@ -1040,7 +1150,16 @@ void decode_attention(const DecodeArgs& a) {
   }
   // a tiny step (a few thousand multiply-adds) runs on the calling thread: waking a worker costs more
   const int64_t work = a.B * a.Hkv * p.R * max_keys * a.D;
-  const int64_t items = a.B * a.Hkv * p.splits;
+  const int64_t items = (heads ? a.B : a.B * a.Hkv) * p.splits;
+  if (heads) {
+    if (work < (int64_t(1) << 18)) {
+      for (int64_t i = 0; i < items; ++i) decode_item_heads(p, i);
+    } else {
+      parallel_chunks(items, [&](int64_t i) { decode_item_heads(p, i); });
+    }
+    if (p.splits > 1) parallel_chunks(a.B * a.Hkv, [&](int64_t i) { decode_merge_any(p, i); });
+    return;
+  }
   if (work < (int64_t(1) << 18)) {
     for (int64_t i = 0; i < items; ++i) decode_item_any(p, i);
     if (p.splits > 1)
