@@ -408,6 +408,8 @@ struct KeyAddr {
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 flags the deliberately undefined pass-through operand of its own AVX-512 intrinsics
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define GE_A512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 #define GE_A512_INLINE GE_A512 inline __attribute__((always_inline))
 
@@ -588,6 +590,20 @@ struct Scratch512 {
 };
 thread_local Scratch512 t_scratch512;
 
+// the row pointers of keys [j0, j0 + n) (page indices clamped into the cache)
+GE_A512_INLINE void key_rows(const KeyAddr& ka, int64_t j0, int n, const float** kp, const float** vp) {
+  int64_t pi = j0 / ka.page_size, slot = j0 - pi * ka.page_size;
+  for (int j = 0; j < n; ++j) {
+    const int64_t page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
+    kp[j] = ka.k + page * ka.k_sp + slot * ka.k_ss;
+    vp[j] = ka.v + page * ka.v_sp + slot * ka.v_ss;
+    if (++slot == ka.page_size) {
+      slot = 0;
+      ++pi;
+    }
+  }
+}
+
 // rows' softmax state before the first block
 GE_A512_INLINE void attend512_init(const RowSet& rs) {
   for (int64_t r = 0; r < rs.R; ++r) {
@@ -609,17 +625,7 @@ GE_A512 void attend512_block(const RowSet& rs, int64_t j0, int n, int64_t khi, f
   float corr[4];
   const float* kp[kBK512];
   const float* vp[kBK512];
-  int64_t pi = j0 / ka.page_size, slot = j0 - pi * ka.page_size;
-  int64_t page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
-  for (int j = 0; j < n; ++j) {
-    kp[j] = ka.k + page * ka.k_sp + slot * ka.k_ss;
-    vp[j] = ka.v + page * ka.v_sp + slot * ka.v_ss;
-    if (++slot == ka.page_size && j + 1 < n) {
-      slot = 0;
-      ++pi;
-      page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
-    }
-  }
+  key_rows(ka, j0, n, kp, vp);
   // the multi-row score tiles read K column-wise (a 64-byte piece of each of 16 rows in turn), which
   // the hardware prefetchers stream ~25% slower than rows in order: copy the block's keys in order
   // first. A single row (G = 1) reads them in order itself (score_row).
@@ -635,22 +641,16 @@ GE_A512 void attend512_block(const RowSet& rs, int64_t j0, int n, int64_t khi, f
   for (int j = n; j < kBK512; ++j) kp[j] = vp[j] = g_zero_row;
   if (prefetch) {  // the next block's rows, requested now: the hardware prefetchers alone left ~10% of the stream
     // rate on the table (prefetchnta measured as well as t0 / t1; two blocks ahead no better)
-    const int64_t j1 = j0 + n, n1 = std::min<int64_t>(kBK512, khi - j1);
-    int64_t pi1 = j1 / ka.page_size, slot1 = j1 - pi1 * ka.page_size;
-    int64_t page1 = n1 > 0 && ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
-    for (int64_t j = 0; j < n1; ++j) {
-      const char* kr = reinterpret_cast<const char*>(ka.k + page1 * ka.k_sp + slot1 * ka.k_ss);
-      const char* vr = reinterpret_cast<const char*>(ka.v + page1 * ka.v_sp + slot1 * ka.v_ss);
+    const int64_t j1 = j0 + n;
+    const int n1 = int(std::min<int64_t>(kBK512, khi - j1));
+    const float* kn[kBK512];
+    const float* vn[kBK512];
+    key_rows(ka, j1, n1, kn, vn);
+    for (int j = 0; j < n1; ++j)
       for (int64_t o = 0; o < D * 4; o += 64) {
-        _mm_prefetch(kr + o, _MM_HINT_NTA);
-        _mm_prefetch(vr + o, _MM_HINT_NTA);
+        _mm_prefetch(reinterpret_cast<const char*>(kn[j]) + o, _MM_HINT_NTA);
+        _mm_prefetch(reinterpret_cast<const char*>(vn[j]) + o, _MM_HINT_NTA);
       }
-      if (++slot1 == ka.page_size && j + 1 < n1) {
-        slot1 = 0;
-        ++pi1;
-        page1 = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi1], 0), ka.num_pages - 1) : ka.page0;
-      }
-    }
   }
   const int nsub = (n + 15) / 16;
   int64_t r0 = 0;
@@ -786,29 +786,78 @@ GE_INLINE int64_t clamp_len(const DecodePlan& p, int64_t b) {
   return std::max<int64_t>(0, std::min<int64_t>(L, p.capacity));
 }
 
+// kv head h's query rows of sequence b into rs rows [row0, row0 + R): queries pre-scaled, and each
+// row's key range (causal at its position, sliding window)
 template <typename T>
-GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
+GE_INLINE void load_head_rows(const DecodePlan& p, const RowSet& rs, int64_t row0, int64_t b, int64_t h, int64_t L) {
   const DecodeArgs& a = *p.a;
-  const int64_t split = item % p.splits, bh = item / p.splits, h = bh % a.Hkv, b = bh / a.Hkv;
-  const int64_t D = a.D, Q = a.Q, G = p.G, R = p.R;
-  const int64_t L = clamp_len(p, b);
-  RowSet rs = make_rows(R, D);
   const float mult = a.softcap > 0.0f ? a.scale : a.scale * kLog2e;
   const T* q = static_cast<const T*>(a.q);
-  for (int64_t qi = 0; qi < Q; ++qi) {
-    const int64_t pos = L - Q + qi;
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t r = qi * G + g;
-      load_query(rs, r, q + ((b * Q + qi) * a.Hq + h * G + g) * D, mult);
+  for (int64_t qi = 0; qi < a.Q; ++qi) {
+    const int64_t pos = L - a.Q + qi;
+    for (int64_t g = 0; g < p.G; ++g) {
+      const int64_t r = row0 + qi * p.G + g;
+      load_query(rs, r, q + ((b * a.Q + qi) * a.Hq + h * p.G + g) * a.D, mult);
       rs.hi[r] = pos >= 0 ? pos + 1 : 0;
       rs.lo[r] = (pos >= 0 && a.window > 0) ? std::max<int64_t>(0, pos - a.window + 1) : 0;
       if (rs.lo[r] > rs.hi[r]) rs.lo[r] = rs.hi[r];
     }
   }
-  const int64_t kb = a.window > 0 ? std::max<int64_t>(0, L - Q - a.window + 1) : 0;
+}
+
+// the keys [klo, khi) of KV split `split` of a sequence of length L
+GE_INLINE void split_range(const DecodePlan& p, int64_t L, int64_t split, int64_t& klo, int64_t& khi) {
+  const DecodeArgs& a = *p.a;
+  const int64_t kb = a.window > 0 ? std::max<int64_t>(0, L - a.Q - a.window + 1) : 0;
   const int64_t total = std::max<int64_t>(0, L - kb);
   const int64_t chunk = (total + p.splits - 1) / p.splits;
-  const int64_t klo = std::min(L, kb + split * chunk), khi = std::min(L, kb + (split + 1) * chunk);
+  klo = std::min(L, kb + split * chunk);
+  khi = std::min(L, kb + (split + 1) * chunk);
+}
+
+// float32 key addressing of kv head h of sequence b, for the AVX-512 core
+GE_INLINE KeyAddr key_addr(const KvLayout& kv, int64_t b, int64_t h) {
+  KeyAddr ka;
+  ka.k = static_cast<const float*>(kv.k) + h * kv.k_sh;
+  ka.v = static_cast<const float*>(kv.v) + h * kv.v_sh;
+  ka.k_sp = kv.k_sp;
+  ka.k_ss = kv.k_ss;
+  ka.v_sp = kv.v_sp;
+  ka.v_ss = kv.v_ss;
+  ka.page_size = kv.page_size;
+  ka.num_pages = kv.num_pages;
+  ka.page0 = b;
+  ka.bt = kv.block_table ? kv.block_table + b * kv.bt_stride : nullptr;
+  return ka;
+}
+
+// kv head h's rows [row0, row0 + R) of rs: the output (one split) or the split's partial and LSE
+template <typename T>
+GE_INLINE void write_head_rows(const DecodePlan& p, const RowSet& rs, int64_t row0, int64_t b, int64_t h, int64_t split) {
+  const DecodeArgs& a = *p.a;
+  for (int64_t qi = 0; qi < a.Q; ++qi) {
+    for (int64_t g = 0; g < p.G; ++g) {
+      const int64_t r = qi * p.G + g, orow = (b * a.Q + qi) * a.Hq + h * p.G + g;
+      if (p.splits == 1) {
+        const float lse = finish_row(rs, row0 + r, static_cast<T*>(a.out) + orow * a.D);
+        if (a.lse) a.lse[orow] = lse;
+      } else {
+        const int64_t w = ((b * a.Hkv + h) * p.R + r) * p.splits + split;
+        p.ws_lse[w] = finish_row(rs, row0 + r, p.ws_out + w * a.D);
+      }
+    }
+  }
+}
+
+template <typename T>
+GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
+  const DecodeArgs& a = *p.a;
+  const int64_t split = item % p.splits, bh = item / p.splits, h = bh % a.Hkv, b = bh / a.Hkv;
+  const int64_t L = clamp_len(p, b);
+  RowSet rs = make_rows(p.R, a.D);
+  load_head_rows<T>(p, rs, 0, b, h, L);
+  int64_t klo, khi;
+  split_range(p, L, split, klo, khi);
   const KvLayout& kv = a.kv;
   const T* kbase = static_cast<const T*>(kv.k) + h * kv.k_sh;
   const T* vbase = static_cast<const T*>(kv.v) + h * kv.v_sh;
@@ -828,90 +877,31 @@ GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
   };
   if constexpr (std::is_same<T, float>::value) {
     if (attend_avx512_usable()) {
-      KeyAddr ka;
-      ka.k = kbase;
-      ka.v = vbase;
-      ka.k_sp = kv.k_sp;
-      ka.k_ss = kv.k_ss;
-      ka.v_sp = kv.v_sp;
-      ka.v_ss = kv.v_ss;
-      ka.page_size = kv.page_size;
-      ka.num_pages = kv.num_pages;
-      ka.page0 = b;
-      ka.bt = bt;
-      attend_f32_avx512(rs, klo, khi, a.softcap, ka);
+      attend_f32_avx512(rs, klo, khi, a.softcap, key_addr(kv, b, h));
     } else {
       attend<T>(rs, klo, khi, a.softcap, fill);
     }
   } else {
     attend<T>(rs, klo, khi, a.softcap, fill);
   }
-  for (int64_t qi = 0; qi < Q; ++qi) {
-    for (int64_t g = 0; g < G; ++g) {
-      const int64_t r = qi * G + g, hq = h * G + g, orow = (b * Q + qi) * a.Hq + hq;
-      if (p.splits == 1) {
-        const float lse = finish_row(rs, r, static_cast<T*>(a.out) + orow * D);
-        if (a.lse) a.lse[orow] = lse;
-      } else {
-        const int64_t w = (bh * R + r) * p.splits + split;
-        p.ws_lse[w] = finish_row(rs, r, p.ws_out + w * D);
-      }
-    }
-  }
+  write_head_rows<T>(p, rs, 0, b, h, split);
 }
 
 // A paged float32 item on AVX-512: (batch row, KV split) with every kv head (attend_f32_avx512_heads);
 // outputs and partials land where decode_item's would
 void decode_item_heads(const DecodePlan& p, int64_t item) {
   const DecodeArgs& a = *p.a;
-  const int64_t split = item % p.splits, b = item / p.splits;
-  const int64_t D = a.D, Q = a.Q, G = p.G, R = p.R, Hkv = a.Hkv;
+  const int64_t split = item % p.splits, b = item / p.splits, R = p.R, Hkv = a.Hkv;
   const int64_t L = clamp_len(p, b);
-  RowSet rs = make_rows(Hkv * R, D);
-  const float mult = a.softcap > 0.0f ? a.scale : a.scale * kLog2e;
-  const float* q = static_cast<const float*>(a.q);
-  for (int64_t h = 0; h < Hkv; ++h)
-    for (int64_t qi = 0; qi < Q; ++qi) {
-      const int64_t pos = L - Q + qi;
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = h * R + qi * G + g;
-        load_query(rs, r, q + ((b * Q + qi) * a.Hq + h * G + g) * D, mult);
-        rs.hi[r] = pos >= 0 ? pos + 1 : 0;
-        rs.lo[r] = (pos >= 0 && a.window > 0) ? std::max<int64_t>(0, pos - a.window + 1) : 0;
-        if (rs.lo[r] > rs.hi[r]) rs.lo[r] = rs.hi[r];
-      }
-    }
-  const int64_t kb = a.window > 0 ? std::max<int64_t>(0, L - Q - a.window + 1) : 0;
-  const int64_t total = std::max<int64_t>(0, L - kb);
-  const int64_t chunk = (total + p.splits - 1) / p.splits;
-  const int64_t klo = std::min(L, kb + split * chunk), khi = std::min(L, kb + (split + 1) * chunk);
-  const KvLayout& kv = a.kv;
-  KeyAddr ka;
-  ka.k = static_cast<const float*>(kv.k);
-  ka.v = static_cast<const float*>(kv.v);
-  ka.k_sp = kv.k_sp;
-  ka.k_ss = kv.k_ss;
-  ka.v_sp = kv.v_sp;
-  ka.v_ss = kv.v_ss;
-  ka.page_size = kv.page_size;
-  ka.num_pages = kv.num_pages;
-  ka.bt = kv.block_table + b * kv.bt_stride;
+  RowSet rs = make_rows(Hkv * R, a.D);
+  for (int64_t h = 0; h < Hkv; ++h) load_head_rows<float>(p, rs, h * R, b, h, L);
+  int64_t klo, khi;
+  split_range(p, L, split, klo, khi);
   // keys per block: the block's K and V for all heads within ~512 KB of L2
-  const int64_t per_key = 2 * Hkv * D * int64_t(sizeof(float));
+  const int64_t per_key = 2 * Hkv * a.D * int64_t(sizeof(float));
   const int nb = int(std::clamp<int64_t>((int64_t(512) << 10) / per_key / 16 * 16, 16, kBK512));
-  attend_f32_avx512_heads(rs, Hkv, R, klo, khi, a.softcap, ka, kv.k_sh, kv.v_sh, nb);
-  for (int64_t h = 0; h < Hkv; ++h)
-    for (int64_t qi = 0; qi < Q; ++qi)
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = qi * G + g, orow = (b * Q + qi) * a.Hq + h * G + g;
-        if (p.splits == 1) {
-          const float lse = finish_row(rs, h * R + r, static_cast<float*>(a.out) + orow * D);
-          if (a.lse) a.lse[orow] = lse;
-        } else {
-          const int64_t w = ((b * Hkv + h) * R + r) * p.splits + split;
-          p.ws_lse[w] = finish_row(rs, h * R + r, p.ws_out + w * D);
-        }
-      }
+  attend_f32_avx512_heads(rs, Hkv, R, klo, khi, a.softcap, key_addr(a.kv, b, 0), a.kv.k_sh, a.kv.v_sh, nb);
+  for (int64_t h = 0; h < Hkv; ++h) write_head_rows<float>(p, rs, h * R, b, h, split);
 }
 
 template <typename T>

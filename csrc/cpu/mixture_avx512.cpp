@@ -3,7 +3,7 @@
 //
 // Shape conventions: rows are stored row-major as the caller gives them, components run along the
 // vector lanes (k rounded up to kp, a multiple of 8). Everything per block of TB rows stays in L1:
-//   xb, x2b  (TB, d + 1)   x - centre and its square; column d holds 1, so that the first-moment
+//   xb, x2b  (TB, ld)      x - centre and its square (ld >= d + 1); column d holds 1, so that the first-moment
 //                          accumulator of that "feature" is N_k
 //   lp       (TB, kp)      log-densities, then responsibilities
 //   S1, S2   (d + 1, kp)   sum_t r[t][c] xb[t][i] and sum_t r[t][c] x2b[t][i] over the chunk
@@ -135,7 +135,7 @@ struct AddOp {
 };
 GE_AVX512_INLINE __m512d lane_splat(__m512d v, int r) { return _mm512_permutexvar_pd(_mm512_set1_epi64(r), v); }
 
-// What a fused tile writes besides lp (see diag_chunk)
+// What lse_tile writes besides lp (see diag_chunk)
 template <typename T>
 struct TileOut {
   bool need_r, per_row_lse;
