@@ -239,6 +239,45 @@ def test_float32_cpu_paths_both_match_reference():
     assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
 
 
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_cpp_float32_row_groups(paged, gen):
+    """The float32 core takes a kv head's Q * G query rows four at a time and keeps their softmax
+    state together: rows of one group with different key ranges (Q > 1 causal, short windows,
+    lengths 0 and 1), so that in a block some rows attend keys and others none, over several
+    128-key blocks, softcap on and off, page sizes of both paged schedules. A NaN in a key that
+    rows attend makes exactly those rows NaN, as in the reference."""
+    for G, Q, window, softcap, page_size in [(4, 3, 5, 0.0, 16), (8, 2, 3, 7.5, 3), (4, 1, None, 0.0, 16),
+                                            (4, 4, 1, 0.0, 64), (2, 2, 40, 0.0, 16), (1, 5, 2, 3.0, 16)]:
+        B, Hkv, D, S = 4, 2, 80, 300
+        lengths = [0, 1, S, 131]
+        k, v, kp, vp, bt = _caches(gen, B, Hkv, D, lengths, S, torch.float32, page_size if paged else None)
+        q = _randn((B, Q, Hkv * G, D), gen, torch.float32)
+        L = torch.tensor(lengths, dtype=torch.int32)
+        kw = dict(softcap=softcap, window=window)
+        ro, rl = R.decode_attention(q, k, v, L, **kw)
+        args = (q, kp, vp, L) if paged else (q, k, v, L)
+        o, lse = ge.ops.decode_attention(*args, block_table=bt if paged else None, return_lse=True, backend="cpp", **kw)
+        _close(o, ro, torch.float32)
+        _close_lse(lse, rl, torch.float32)
+        # a NaN key at a position the last query rows of sequence 2 attend (with finite keys beside it)
+        pos = S - 2
+        k[2, 1, pos] = float("nan")
+        kp = A_paged(k, kp, bt, pos, page_size) if paged else kp
+        ro, _ = R.decode_attention(q, k, v, L, **kw)
+        o = ge.ops.decode_attention(*((q, kp, vp, L) if paged else (q, k, v, L)), block_table=bt if paged else None,
+                                    backend="cpp", **kw)
+        nan = torch.isnan(ro)
+        assert nan.any() and torch.equal(torch.isnan(o), nan), "NaN rows differ from the reference's"
+        _close(o[~nan].view(-1), ro[~nan].view(-1), torch.float32)
+
+
+def A_paged(k, kp, bt, pos, page_size):
+    """kp with sequence 2, kv head 1, position pos set from the contiguous k (the paged copy of one slot)."""
+    kp = kp.clone()
+    kp[bt[2, pos // page_size], pos % page_size, 1] = k[2, 1, pos]
+    return kp
+
+
 def test_decode_float64_torch_backend(gen):
     _decode_case(gen, "torch", torch.float64, paged=True)
 

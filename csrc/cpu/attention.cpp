@@ -312,10 +312,12 @@ GE_INLINE bool block_softmax(const RowSet& rs, int64_t r, v8f s0, v8f s1, int32_
   const v8i in0 = (iota >= ra) & (iota < rb), in1 = (iota + 8 >= ra) & (iota + 8 < rb);
   s0 = (v8f)(((v8i)s0 & in0) | ((v8i)(v8f{} + kNegInf) & ~in0));
   s1 = (v8f)(((v8i)s1 & in1) | ((v8i)(v8f{} + kNegInf) & ~in1));
-  const float mb = hmax(vmax(s0, s1));
+  float mb = hmax(vmax(s0, s1));
+  const v8i nan = (s0 != s0) | (s1 != s1);  // the max drops a NaN where every other score is -inf
+  for (int j = 0; j < 8; ++j) mb = nan[j] ? s0[j] != s0[j] ? s0[j] : s1[j] : mb;
   const float mold = rs.m[r];
-  const float mnew = mb > mold ? mb : mold;
-  if (!(mnew > kNegInf)) return false;
+  const float mnew = mb != mb ? mb : mb > mold ? mb : mold;  // a NaN score makes the row NaN from here on
+  if (mnew == kNegInf) return false;
   const v8f p0 = exp2v(s0 - mnew), p1 = exp2v(s1 - mnew);
   corr = std::exp2(mold - mnew);
   rs.l[r] = rs.l[r] * corr + hsum(p0 + p1);
@@ -591,14 +593,14 @@ GE_A512_INLINE void value_rows(float* acc, const float* p, const float* corr, co
   }
 }
 
-// one row's online-softmax step over a block of kBK512 scores (s, kSub vectors) masked to [ra, rb):
-// p (kBK512 floats) relative to the new running max, corr the accumulator's rescale; all-zero p and
-// corr 1 while the row has no finite score
-GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int nsub, int32_t ra, int32_t rb, float softcap,
-                                  float* p, float& corr) {
+// a row's block of scores (s, nsub vectors) soft-capped (softcap > 0) and masked to [ra, rb)
+// (-inf outside); returns their lane-wise max, all NaN where a score in range is NaN (maxps keeps
+// a NaN only as its second operand: one NaN among -inf scores would be lost)
+GE_A512_INLINE __m512 mask_scores(__m512* s, int nsub, int32_t ra, int32_t rb, float softcap) {
   ra = std::max(ra, 0);
   rb = std::min(rb, kBK512);
   __m512 mx = _mm512_set1_ps(kNegInf);
+  __mmask16 nan = 0;
   for (int u = 0; u < nsub; ++u) {
     if (softcap > 0.0f) {
       const __m512 e = exp2_16(_mm512_mul_ps(s[u], _mm512_set1_ps(2.0f * kLog2e / softcap)));
@@ -608,10 +610,21 @@ GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int ns
     const int a = std::clamp(ra - 16 * u, 0, 16), b = std::clamp(rb - 16 * u, 0, 16);
     const __mmask16 in = a < b ? __mmask16(((1u << b) - 1u) & ~((1u << a) - 1u)) : __mmask16(0);
     s[u] = _mm512_mask_mov_ps(_mm512_set1_ps(kNegInf), in, s[u]);
+    nan |= _mm512_cmp_ps_mask(s[u], s[u], _CMP_UNORD_Q);
     mx = _mm512_max_ps(mx, s[u]);
   }
-  const float mold = rs.m[r], mb = _mm512_reduce_max_ps(mx), mnew = mb > mold ? mb : mold;
-  if (!(mnew > kNegInf)) {
+  return nan ? _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()) : mx;
+}
+
+// one row's online-softmax step over a block of kBK512 scores (s, kSub vectors) masked to [ra, rb):
+// p (kBK512 floats) relative to the new running max, corr the accumulator's rescale; all-zero p and
+// corr 1 while the row has no finite score
+GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int nsub, int32_t ra, int32_t rb, float softcap,
+                                  float* p, float& corr) {
+  const __m512 mx = mask_scores(s, nsub, ra, rb, softcap);
+  const float mold = rs.m[r], mb = _mm512_reduce_max_ps(mx);
+  const float mnew = mb != mb ? mb : mb > mold ? mb : mold;  // a NaN score makes the row NaN from here on
+  if (mnew == kNegInf) {
     for (int u = 0; u < nsub; ++u) _mm512_store_ps(p + 16 * u, _mm512_setzero_ps());
     corr = 1.0f;
     return;
@@ -626,6 +639,67 @@ GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int ns
   corr = std::exp2(mold - mnew);
   rs.l[r] = rs.l[r] * corr + _mm512_reduce_add_ps(sum);
   rs.m[r] = mnew;
+}
+
+// lanes 0-3 = the max (add: the sum) of each of a, b, c, d's 16 lanes
+template <bool kAdd>
+GE_A512_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  auto op = [](__m512 x, __m512 y) { return kAdd ? _mm512_add_ps(x, y) : _mm512_max_ps(x, y); };
+  // per 128-bit block: [a0 . a2, b0 . b2, a1 . a3, b1 . b3], the same for (c, d)
+  const __m512 ab = op(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = op(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  // per block: [a, b, c, d] over the block's 4 lanes
+  __m512 x = op(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  x = op(x, _mm512_shuffle_f32x4(x, x, 0x4E));
+  x = op(x, _mm512_shuffle_f32x4(x, x, 0xB1));
+  return _mm512_castps512_ps128(x);
+}
+
+// softmax_block for rows r0 .. r0 + 3 together: one transposed reduction for their maxima and one
+// for their sums, one exp2 for their rescales (per row, the scalar reductions and the libm exp2
+// cost ~100 ns a block: a fifth of a 16-key block's arithmetic at G = 4, the paged block size)
+GE_A512_INLINE void softmax_rows4(const RowSet& rs, int64_t r0, __m512 (*s)[kSub], int nsub, int64_t j0, int n,
+                                  float softcap, float* p, float* corr) {
+  __m512 mx[4];
+  for (int r = 0; r < 4; ++r)
+    mx[r] = mask_scores(s[r], nsub, int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
+                        softcap);
+  const __m128 mold = _mm_loadu_ps(rs.m + r0);
+  // a NaN score (where the reduction keeps it) makes the row NaN from here on, as in softmax_block
+  const __m128 red = reduce4<false>(mx[0], mx[1], mx[2], mx[3]);
+  const __m128 mnew = _mm_blendv_ps(_mm_max_ps(red, mold), red, _mm_cmpunord_ps(red, red));
+  // rows with no finite score yet: all-zero p, corr 1, m and l kept
+  const int live = _mm_movemask_ps(_mm_cmpneq_ps(mnew, _mm_set1_ps(kNegInf)));
+  alignas(16) float mn[4], cr[4];
+  _mm_store_ps(mn, mnew);
+  _mm_store_ps(cr, _mm512_castps512_ps128(exp2_16(_mm512_castps128_ps512(_mm_sub_ps(mold, mnew)))));
+  __m512 sum[4];
+  for (int r = 0; r < 4; ++r) {
+    sum[r] = _mm512_setzero_ps();
+    float* pr = p + kBK512 * r;
+    if (!(live >> r & 1)) {
+      for (int u = 0; u < nsub; ++u) _mm512_store_ps(pr + 16 * u, _mm512_setzero_ps());
+      continue;
+    }
+    const __m512 mv = _mm512_set1_ps(mn[r]);
+    for (int u = 0; u < nsub; ++u) {
+      const __m512 e = exp2_16(_mm512_sub_ps(s[r][u], mv));
+      sum[r] = _mm512_add_ps(sum[r], e);
+      _mm512_store_ps(pr + 16 * u, e);
+    }
+  }
+  alignas(16) float sm[4];
+  _mm_store_ps(sm, reduce4<true>(sum[0], sum[1], sum[2], sum[3]));
+  for (int r = 0; r < 4; ++r) {
+    if (!(live >> r & 1)) {
+      corr[r] = 1.0f;
+      continue;
+    }
+    corr[r] = cr[r];
+    rs.l[r0 + r] = rs.l[r0 + r] * cr[r] + sm[r];
+    rs.m[r0 + r] = mn[r];
+  }
 }
 
 // no row of [r0, r0 + nr) attends a key of the block [j0, j0 + n)
@@ -688,10 +762,7 @@ GE_A512 void attend512_block(const RowSet& rs, int64_t j0, int n, const float** 
       rows[2][u] = _mm512_shuffle_f32x4(t2, t3, 0x88);
       rows[3][u] = _mm512_shuffle_f32x4(t2, t3, 0xDD);
     }
-    for (int r = 0; r < 4; ++r) {
-      softmax_block(rs, r0 + r, rows[r], nsub, int32_t(rs.lo[r0 + r] - j0), int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0),
-                    softcap, pbuf + kBK512 * r, corr[r]);
-    }
+    softmax_rows4(rs, r0, rows, nsub, j0, n, softcap, pbuf, corr);
     value_rows<4>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n);
     step = nullptr;
   }
@@ -818,14 +889,16 @@ void attend_f32_avx512_heads(const RowSet&, int64_t, int64_t, int64_t, int64_t, 
 bool attend_avx512_usable() { return false; }
 #endif
 
-// normalised output row r (zeros when it attended nothing) and its natural-log LSE
+// normalised output row r (zeros when it attended nothing, NaN when a score or a value was NaN, as
+// in the reference) and its natural-log LSE
 template <typename O>
 GE_INLINE float finish_row(const RowSet& rs, int64_t r, O* out) {
   const float l = rs.l[r];
   const float* acc = rs.acc + r * rs.D;
   if (!(l > 0.0f)) {
-    for (int64_t i = 0; i < rs.D; ++i) out[i] = from_float<O>(0.0f);
-    return l == 0.0f ? kNegInf : std::numeric_limits<float>::quiet_NaN();
+    const float fill = l == 0.0f ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+    for (int64_t i = 0; i < rs.D; ++i) out[i] = from_float<O>(fill);
+    return l == 0.0f ? kNegInf : fill;
   }
   const float inv = 1.0f / l;
   for (int64_t i = 0; i < rs.D; ++i) out[i] = from_float<O>(acc[i] * inv);
@@ -976,10 +1049,11 @@ GE_INLINE void decode_merge(const DecodePlan& p, int64_t bh) {
       const int64_t w0 = (bh * p.R + r) * S;
       float mx = kNegInf;
       for (int64_t s = 0; s < S; ++s) mx = std::max(mx, p.ws_lse[w0 + s]);
+      for (int64_t s = 0; s < S; ++s) mx = p.ws_lse[w0 + s] != p.ws_lse[w0 + s] ? p.ws_lse[w0 + s] : mx;
       T* out = static_cast<T*>(a.out) + orow * D;
-      if (!(mx > kNegInf)) {  // no split saw a key
-        for (int64_t i = 0; i < D; ++i) out[i] = from_float<T>(0.0f);
-        if (a.lse) a.lse[orow] = kNegInf;
+      if (!(mx > kNegInf)) {  // no split saw a key (-inf: zeros), or one saw a NaN (NaN)
+        for (int64_t i = 0; i < D; ++i) out[i] = from_float<T>(mx == kNegInf ? 0.0f : mx);
+        if (a.lse) a.lse[orow] = mx;
         continue;
       }
       alignas(32) float o[kMaxD];
