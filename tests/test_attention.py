@@ -262,7 +262,7 @@ def test_decode_cpp_float32_row_groups(paged, gen):
         # a NaN key at a position the last query rows of sequence 2 attend (with finite keys beside it)
         pos = S - 2
         k[2, 1, pos] = float("nan")
-        kp = A_paged(k, kp, bt, pos, page_size) if paged else kp
+        kp = _copy_slot_to_paged(k, kp, bt, pos, page_size) if paged else kp
         ro, _ = R.decode_attention(q, k, v, L, **kw)
         o = ge.ops.decode_attention(*((q, kp, vp, L) if paged else (q, k, v, L)), block_table=bt if paged else None,
                                     backend="cpp", **kw)
@@ -271,7 +271,7 @@ def test_decode_cpp_float32_row_groups(paged, gen):
         _close(o[~nan].view(-1), ro[~nan].view(-1), torch.float32)
 
 
-def A_paged(k, kp, bt, pos, page_size):
+def _copy_slot_to_paged(k, kp, bt, pos, page_size):
     """kp with sequence 2, kv head 1, position pos set from the contiguous k (the paged copy of one slot)."""
     kp = kp.clone()
     kp[bt[2, pos // page_size], pos % page_size, 1] = k[2, 1, pos]
