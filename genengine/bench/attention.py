@@ -7,7 +7,8 @@ on a paged cache (page size 16, pages in a random order) of the same keys, and
 torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True) on the
 contiguous cache. Bytes: K and V read once (the floor; q and the output are < 0.1% of it).
 "% copy" is a same-bytes copy's time (dst.copy_(src), nbytes/2 read + nbytes/2 written) over the
-candidate's, timed interleaved in pairs. "vs SDPA" is SDPA's median over the candidate's; "paged/contig"
+candidate's, and "% read" a same-bytes read-only stream's (buf.amax() over nbytes, the ceiling of a
+kernel that only reads), timed interleaved with the candidate. "vs SDPA" is SDPA's median over the candidate's; "paged/contig"
 the paged median over the contiguous one of the same backend. A tiny row (B=1, Hq=8, Hkv=2, S=64,
 D=64) shows the per-call overhead, with rope_append_kv for one decode token beside it.
 """
@@ -22,9 +23,10 @@ from .diffusion import backends
 from .harness import Table, interleave, us
 
 COPY = "copy (same bytes)"
+READ = "read (same bytes)"
 PAGE = 16
 COLUMNS = [("case", 26, "<"), ("layout", 6, "<"), ("candidate", 14, "<"), ("median us", 10, ">"), ("GB/s", 6, ">"),
-           ("% copy", 6, ">"), ("vs SDPA", 7, ">"), ("paged/contig", 12, ">")]
+           ("% copy", 6, ">"), ("% read", 6, ">"), ("vs SDPA", 7, ">"), ("paged/contig", 12, ">")]
 
 
 def cases(device, dtypes=None):
@@ -104,7 +106,7 @@ def _tiny(ctx, names, table, rows):
         rows.append({"op": "decode_attention tiny (per-call overhead)", "shape": list(shape), "dtype": "float32",
                      "layout": "contig", "backend": label, "device": device.type, **st.as_dict(),
                      "speedup_vs_sdpa": base / st.median})
-        ctx.print(table.line([f"tiny {_shape(shape)}", "contig", label, us(st.median), "", "",
+        ctx.print(table.line([f"tiny {_shape(shape)}", "contig", label, us(st.median), "", "", "",
                               f"{base / st.median:.2f}x", ""]))
 
 
@@ -125,10 +127,13 @@ def run(ctx):
         group = candidates(shape, dtype, device, names)
         stats = interleave(group, device, budget, min_samples=3 if quick else 8)
         copy_fn = ctx.ceilings.copy_callable(nbytes, dtype)
-        pct = {}
+        read_fn = ctx.ceilings.read_callable(nbytes, dtype)
+        pct, pct_read = {}, {}
         for key, fn in group.items():
-            pst = interleave({key: fn, COPY: copy_fn}, device, budget / 2, min_samples=3 if quick else 6)
+            pst = interleave({key: fn, COPY: copy_fn, READ: read_fn}, device, budget * 0.75,
+                             min_samples=3 if quick else 6)
             pct[key] = 100 * pst[COPY].median / pst[key].median
+            pct_read[key] = 100 * pst[READ].median / pst[key].median
         base = stats[("torch SDPA", "contig")].median
         for (label, layout), st in stats.items():
             bw = nbytes / st.median
@@ -137,10 +142,11 @@ def run(ctx):
             row = {"op": "decode_attention", "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
                    "layout": layout if layout == "contig" else f"paged{PAGE}", "backend": label, "device": device.type,
                    **st.as_dict(), "bytes_read": nbytes, "GB_per_s": bw / 1e9, "pct_of_copy": pct[(label, layout)],
-                   "speedup_vs_sdpa": base / st.median, "paged_over_contig": ratio}
+                   "pct_of_read": pct_read[(label, layout)], "speedup_vs_sdpa": base / st.median, "paged_over_contig": ratio}
             rows.append(row)
             ctx.print(table.line([f"{_shape(shape)} {row['dtype']}", layout, label, us(st.median), f"{bw / 1e9:.1f}",
-                                  f"{pct[(label, layout)]:.0f}%", f"{base / st.median:.2f}x",
+                                  f"{pct[(label, layout)]:.0f}%", f"{pct_read[(label, layout)]:.0f}%",
+                                  f"{base / st.median:.2f}x",
                                   f"{ratio:.3f}" if ratio else ""]))
     _tiny(ctx, names, table, rows)
     ctx.print("")

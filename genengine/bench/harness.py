@@ -141,6 +141,15 @@ class Ceilings:
         dst = torch.zeros_like(src)
         return lambda: dst.copy_(src)
 
+    def read_callable(self, nbytes, dtype=torch.float32):
+        """A zero-argument buf.amax() over nbytes: a same-bytes read-only stream, the ceiling of a kernel
+        that reads its bytes and writes next to nothing (a copy's writes can outrun reads alone)."""
+        esize = torch.empty((), dtype=dtype).element_size()
+        if nbytes % esize:
+            dtype, esize = torch.uint8, 1
+        buf = torch.ones(max(1, nbytes // esize), dtype=dtype, device=self.device)
+        return lambda: buf.amax()
+
     def copy(self, nbytes, dtype=torch.float32):
         """(Stats, bytes/s) of dst.copy_(src) moving nbytes in all (nbytes/2 read, nbytes/2 written)."""
         key = (int(nbytes), dtype)
