@@ -27,7 +27,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -314,7 +313,8 @@ GE_INLINE bool block_softmax(const RowSet& rs, int64_t r, v8f s0, v8f s1, int32_
   s1 = (v8f)(((v8i)s1 & in1) | ((v8i)(v8f{} + kNegInf) & ~in1));
   float mb = hmax(vmax(s0, s1));
   const v8i nan = (s0 != s0) | (s1 != s1);  // the max drops a NaN where every other score is -inf
-  for (int j = 0; j < 8; ++j) mb = nan[j] ? s0[j] != s0[j] ? s0[j] : s1[j] : mb;
+  for (int j = 0; j < 8; ++j)
+    if (nan[j]) mb = std::numeric_limits<float>::quiet_NaN();
   const float mold = rs.m[r];
   const float mnew = mb != mb ? mb : mb > mold ? mb : mold;  // a NaN score makes the row NaN from here on
   if (mnew == kNegInf) return false;
@@ -844,12 +844,6 @@ GE_A512 void attend_f32_avx512_heads(const RowSet& rows, int64_t Hkv, int64_t R,
     v.hi += h * R;
     return v;
   };
-  auto head_rows = [&](int64_t h, int64_t j0, int n, const float** kp, const float** vp) {
-    KeyAddr kh = ka;
-    kh.k += h * k_sh;
-    kh.v += h * v_sh;
-    key_rows(kh, j0, n, kp, vp);
-  };
   for (int64_t h = 0; h < Hkv; ++h) attend512_init(head(h));
   const float* next_k[kBK512];
   const float* next_v[kBK512];
@@ -858,9 +852,12 @@ GE_A512 void attend_f32_avx512_heads(const RowSet& rows, int64_t Hkv, int64_t R,
     const int n1 = int(std::clamp<int64_t>(khi - j0 - n, 0, nb));
     if (n1 > 0) key_rows(ka, j0 + n, n1, next_k, next_v);
     for (int64_t h = 0; h < Hkv; ++h) {
+      KeyAddr kh = ka;
+      kh.k += h * k_sh;
+      kh.v += h * v_sh;
       const float* kp[kBK512];
       const float* vp[kBK512];
-      head_rows(h, j0, n, kp, vp);
+      key_rows(kh, j0, n, kp, vp);
       // each head requests its share of the next block's slots whole (all heads' rows), the K
       // rows while its scores run and the V rows while its values run (one head's own rows ahead
       // of its reads, Hkv * D apart, measured 1.25-1.35x contiguous against 1.05-1.2x for this)
@@ -889,8 +886,8 @@ void attend_f32_avx512_heads(const RowSet&, int64_t, int64_t, int64_t, int64_t, 
 bool attend_avx512_usable() { return false; }
 #endif
 
-// normalised output row r (zeros when it attended nothing, NaN when a score or a value was NaN, as
-// in the reference) and its natural-log LSE
+// normalised output row r (zeros when it attended nothing, NaN when one of its scores was NaN, as in
+// the reference) and its natural-log LSE
 template <typename O>
 GE_INLINE float finish_row(const RowSet& rs, int64_t r, O* out) {
   const float l = rs.l[r];
@@ -1048,8 +1045,10 @@ GE_INLINE void decode_merge(const DecodePlan& p, int64_t bh) {
       const int64_t r = qi * p.G + g, orow = (b * a.Q + qi) * a.Hq + h * p.G + g;
       const int64_t w0 = (bh * p.R + r) * S;
       float mx = kNegInf;
-      for (int64_t s = 0; s < S; ++s) mx = std::max(mx, p.ws_lse[w0 + s]);
-      for (int64_t s = 0; s < S; ++s) mx = p.ws_lse[w0 + s] != p.ws_lse[w0 + s] ? p.ws_lse[w0 + s] : mx;
+      for (int64_t s = 0; s < S; ++s) {  // a NaN partial, once seen, is kept
+        const float ls = p.ws_lse[w0 + s];
+        mx = ls != ls || ls > mx ? ls : mx;
+      }
       T* out = static_cast<T*>(a.out) + orow * D;
       if (!(mx > kNegInf)) {  // no split saw a key (-inf: zeros), or one saw a NaN (NaN)
         for (int64_t i = 0; i < D; ++i) out[i] = from_float<T>(mx == kNegInf ? 0.0f : mx);
