@@ -511,6 +511,12 @@ def test_decode_bad_inputs(gen):
         dec(q, kp, kp, torch.tensor([13, 5], dtype=torch.int32), block_table=bt)
     with pytest.raises(ValueError, match="lengths >= 0"):
         dec(q, k, k, torch.tensor([-1, 5], dtype=torch.int32))
+    # int64 indices are taken, but one outside int32 must not wrap into a valid value (2**32 + 5 -> 5)
+    torch.testing.assert_close(dec(q, k, k, L.long()), dec(q, k, k, L), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cache_seqlens: value 4294967301 does not fit"):
+        dec(q, k, k, torch.tensor([2**32 + 5, 5], dtype=torch.int64))
+    with pytest.raises(ValueError, match="block_table: value -4294967295 does not fit"):
+        dec(q, kp, kp, L, block_table=torch.tensor([[0, 1, 2], [3, 1 - 2**32, 5]], dtype=torch.int64))
     with pytest.raises(TypeError, match="k_cache: dtype torch.float16 differs"):
         dec(q, k.half(), k, L)
     with pytest.raises(TypeError, match="v_cache: dtype"):
@@ -558,6 +564,8 @@ def test_prefill_bad_inputs(gen):
         pre(q, k, k, torch.tensor([0, 4, 9], dtype=torch.int32))
     with pytest.raises(ValueError, match="must not decrease"):
         pre(q, k, k, torch.tensor([0, 6, 4, 10], dtype=torch.int32))
+    with pytest.raises(ValueError, match="cu_seqlens: value 4294967300 does not fit"):
+        pre(q, k, k, torch.tensor([0, 4 + 2**32, 10], dtype=torch.int64))
     with pytest.raises(ValueError, match="cu_seqlens_k"):
         pre(q, k[:8], k[:8], cu)
     with pytest.raises(ValueError, match="cu_seqlens_k: expected 3 offsets"):
@@ -588,6 +596,10 @@ def test_rope_bad_inputs(gen):
         rope(q, k, k, kc, kc.clone(), torch.tensor([-1, 2], dtype=torch.int32), cos, sin)
     with pytest.raises(ValueError, match="seq_ids: batch row 2"):
         rope(q, k, k, kc, kc.clone(), pos, cos, sin, seq_ids=torch.tensor([0, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match="positions: value 4294967297 does not fit"):
+        rope(q, k, k, kc, kc.clone(), torch.tensor([1, 2**32 + 1], dtype=torch.int64), cos, sin)
+    with pytest.raises(ValueError, match="seq_ids: value 4294967296 does not fit"):
+        rope(q, k, k, kc, kc.clone(), pos, cos, sin, seq_ids=torch.tensor([2**32, 1], dtype=torch.int64))
     with pytest.raises(ValueError, match="seq_ids: None"):
         rope(q.repeat(2, 1, 1), k.repeat(2, 1, 1), k.repeat(2, 1, 1), kc, kc.clone(), pos.repeat(2), cos, sin)
     with pytest.raises(ValueError, match="block_table: entry \\[1, 3\\] = 9"):

@@ -1316,6 +1316,20 @@ int64_t check_lengths(const int32_t* seqlens, int64_t B, int64_t capacity, const
   return 0;
 }
 
+bool rope_values_ok(const int32_t* positions, const int32_t* seq_ids, int64_t T, int64_t B, int64_t max_position,
+                    int64_t capacity, const int32_t* bt, int64_t bt_stride, int64_t page_size, int64_t num_pages) {
+  const int64_t limit = std::min(max_position, capacity);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t pos = positions[t], b = seq_ids ? seq_ids[t] : t;
+    if (pos < 0 || pos >= limit || b < 0 || b >= B) return false;
+    if (bt) {
+      const int64_t e = bt[b * bt_stride + pos / page_size];
+      if (e < 0 || e >= num_pages) return false;
+    }
+  }
+  return true;
+}
+
 void prefill_attention(const PrefillArgs& a) {
   if (a.B <= 0 || a.Hq <= 0 || a.D <= 0) return;
   PrefillPlan p;

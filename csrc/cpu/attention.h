@@ -88,5 +88,10 @@ int64_t check_lengths(const int32_t* seqlens, int64_t B, int64_t capacity, const
                       int64_t page_size, int64_t num_pages);
 void prefill_attention(const PrefillArgs& a);
 void rope_append_kv(const RopeArgs& a);
+// true when every token's position is in [0, min(max_position, capacity)), its batch row (seq_ids[t],
+// or t when seq_ids is null) in [0, B), and (bt non-null) the page it writes in [0, num_pages): the
+// fast path of the Python checks, which describe a failure
+bool rope_values_ok(const int32_t* positions, const int32_t* seq_ids, int64_t T, int64_t B, int64_t max_position,
+                    int64_t capacity, const int32_t* bt, int64_t bt_stride, int64_t page_size, int64_t num_pages);
 
 }  // namespace ge

@@ -95,6 +95,13 @@ GE_BIND(attention) {
                                    num_pages);
         },
         "Validates decode lengths and block-table entries (csrc/cpu/attention.h): 0, or 4 * index + kind.");
+  m.def("attention_rope_values_ok",
+        [](uintptr_t positions, uintptr_t seq_ids, int64_t T, int64_t B, int64_t max_position, int64_t capacity,
+           uintptr_t bt, int64_t bt_stride, int64_t page_size, int64_t num_pages) {
+          return ge::rope_values_ok(as<const int32_t>(positions), as<const int32_t>(seq_ids), T, B, max_position, capacity,
+                                    as<const int32_t>(bt), bt_stride, page_size, num_pages);
+        },
+        "Validates rope_append_kv's positions, seq_ids and written pages (csrc/cpu/attention.h).");
   m.def("prefill_attention", &prefill_attention, ge::nogil(),
         "Packed variable-length prefill attention (causal bottom-right, sliding window, softcap).");
   m.def("rope_append_kv", &rope_append_kv, ge::nogil(),

@@ -99,6 +99,11 @@ def _index_tensor(name, t, shape, device):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name}: on device {t.device}, but q is on {device}")
+    if t.dtype == torch.int64 and t.numel() and not _capturing(t):
+        lo, hi = (int(x) for x in torch.aminmax(t))
+        if lo < -(2**31) or hi >= 2**31:
+            bad = lo if lo < -(2**31) else hi
+            raise ValueError(f"{name}: value {bad} does not fit the kernels' int32 indices")
     if t.dtype != torch.int32 or not t.is_contiguous():
         t = t.to(torch.int32).contiguous()
     return t
@@ -307,15 +312,19 @@ def _decode_cpp(s, out, lse):
     c = s.cache
     bt = c.block_table
     _backends.load_cpp().decode_attention(
-        _DTYPE_CODE[s.q.dtype], s.B, s.Q, s.Hq, c.Hkv, s.D, s.q.data_ptr(), out.data_ptr(), lse.data_ptr(),
+        _DTYPE_CODE[s.q.dtype], s.B, s.Q, s.Hq, c.Hkv, s.D, s.q.data_ptr(), out.data_ptr(),
+        lse.data_ptr() if lse is not None else 0,
         c.k.data_ptr(), c.v.data_ptr(), *c.strides(), bt.data_ptr() if bt is not None else 0,
         bt.stride(0) if bt is not None else 0, c.page_size, c.num_pages, s.seqlens.data_ptr(), s.scale, s.softcap,
         s.window, s.num_splits)
 
 
-def _run_decode(s):
+def _run_decode(s, want_lse=True):
+    """(out, lse); lse is None when not wanted and the backend can skip it (cpp)."""
     out = torch.empty((s.B, s.Q, s.Hq, s.D), dtype=s.q.dtype, device=s.q.device)
-    lse = torch.empty((s.B, s.Q, s.Hq), dtype=_lse_dtype(s.q), device=s.q.device)
+    lse = None
+    if want_lse or s.name != "cpp":
+        lse = torch.empty((s.B, s.Q, s.Hq), dtype=_lse_dtype(s.q), device=s.q.device)
     if s.B and s.Hq:
         if s.name == "cpp":
             _decode_cpp(s, out, lse)
@@ -325,7 +334,7 @@ def _run_decode(s):
             with _on_device(s.q):
                 _kernel_module(s.name).decode_attention(s, out, lse)
     if s.single:
-        return out.view(s.B, s.Hq, s.D), lse.view(s.B, s.Hq)
+        return out.view(s.B, s.Hq, s.D), lse.view(s.B, s.Hq) if lse is not None else None
     return out, lse
 
 
@@ -363,7 +372,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, sc
                               s.scale, s.softcap, s.window, s.num_splits, s.name)
     else:
         _check_lengths(s.cache, s.seqlens, s.Q)
-        out, lse = _run_decode(s)
+        out, lse = _run_decode(s, want_lse=bool(return_lse))
     return (out, lse) if return_lse else out
 
 
@@ -587,6 +596,14 @@ def _prepare_rope(q, k, v, k_cache, v_cache, positions, cos, sin, seq_ids, block
 def _check_rope_values(s):
     if _capturing(s.positions) or s.T == 0:
         return
+    c = s.cache
+    if s.positions.device.type == "cpu" and not isinstance(_backends.load_cpp(), Exception):
+        bt = c.block_table
+        if _backends.load_cpp().attention_rope_values_ok(
+                s.positions.data_ptr(), s.seq_ids.data_ptr() if s.seq_ids is not None else 0, s.T, c.B, s.max_position,
+                c.capacity, bt.data_ptr() if bt is not None else 0, bt.stride(0) if bt is not None else 0, c.page_size,
+                c.num_pages):
+            return  # else the general path below says what is wrong
     import numpy as np
 
     p = _host(s.positions)
