@@ -142,6 +142,25 @@ def test_kv_cache_logits_equal_full_recompute_cpp(paged, one_thread):
             torch.testing.assert_close(logits[step][i].double(), full[len(p) + step], rtol=0, atol=2e-4)
 
 
+def test_bench_torch_loop_is_the_same_greedy_model(one_thread):
+    # the plain PyTorch loop `python -m genengine.bench --ops generate` compares against must decode
+    # the same model: each of its tokens is the argmax of a full recompute, as generate's are
+    from genengine.bench.generate import torch_generate
+
+    torch.manual_seed(5)
+    lm = TransformerLM(37, d_model=128, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=64).double()
+    with torch.no_grad():
+        for p in lm.parameters():
+            p.mul_(25.0)  # logits far apart: greedy choices without near ties
+    base = torch_generate(lm, 3, 20)
+    ours = torch.stack(lm.generate([torch.zeros(0, dtype=torch.int64)] * 3, 20, temperature=0.0, backend="torch"))
+    with torch.no_grad():
+        full = lm.forward(base)
+    assert len(set(base.flatten().tolist())) > 3  # a varied continuation, not one repeated token
+    assert torch.equal(base, full.argmax(-1))
+    assert torch.equal(ours, base)
+
+
 def test_stop_tokens_and_batch_of_one(corpus, trained, one_thread):
     tok = corpus[0]
     dot = tok.encode(".")[0]

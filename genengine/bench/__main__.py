@@ -16,11 +16,12 @@ import time
 
 import torch
 
-from . import attention, diffusion, flows, gibbs, group_norm, hmm, mixture, naive_bayes, sampling
+from . import attention, diffusion, flows, generate, gibbs, group_norm, hmm, mixture, naive_bayes, sampling
 from .harness import Ceilings, busy_note
 
 OPS = {"diffusion": diffusion.run, "group_norm": group_norm.run, "attention": attention.run, "sampling": sampling.run,
-       "flows": flows.run, "gibbs": gibbs.run, "naive_bayes": naive_bayes.run, "mixture": mixture.run, "hmm": hmm.run}
+       "flows": flows.run, "generate": generate.run, "gibbs": gibbs.run, "naive_bayes": naive_bayes.run,
+       "mixture": mixture.run, "hmm": hmm.run}
 # families that include others: `--ops diffusion` also times the denoiser's fused GroupNorm + SiLU
 INCLUDES = {"diffusion": ("group_norm",)}
 
