@@ -539,6 +539,8 @@ def test_decode_bad_inputs(gen):
         dec(q, k, k, L, window=0)
     with pytest.raises(ValueError, match="softcap"):
         dec(q, k, k, L, softcap=-1.0)
+    with pytest.raises(ValueError, match="softcap: expected 0 \\(off\\) or a cap >= 1e-06"):
+        dec(q, k, k, L, softcap=1e-39)  # the kernels' 1 / softcap would overflow float32
     with pytest.raises(ValueError, match="num_splits"):
         dec(q, k, k, L, num_splits=0)
     with pytest.raises(ValueError, match="q: expected shape"):
@@ -574,6 +576,8 @@ def test_prefill_bad_inputs(gen):
         pre(q, k.bfloat16(), k, cu)
     with pytest.raises(ValueError, match="window"):
         pre(q, k, k, cu, causal=False, window=3)
+    with pytest.raises(ValueError, match="softcap: expected 0"):
+        pre(q, k, k, cu, softcap=1e-46)
     with pytest.raises(ValueError, match="head dim 24"):
         pre(torch.randn(3, 2, 24), torch.randn(3, 2, 24), torch.randn(3, 2, 24))
 

@@ -121,6 +121,18 @@ def _float_arg(name, v, *, positive=False, nonneg=False, allow_none=False):
     return f
 
 
+# below this the kernels' 1 / softcap overflows float32 (a zero score would become 0 * inf = NaN);
+# such a cap flattens every score to ~0 anyway
+MIN_SOFTCAP = 1e-6
+
+
+def _softcap(v):
+    f = _float_arg("softcap", v, nonneg=True)
+    if 0.0 < f < MIN_SOFTCAP:
+        raise ValueError(f"softcap: expected 0 (off) or a cap >= {MIN_SOFTCAP:g}, got {v}")
+    return f
+
+
 def _int_arg(name, v, *, minimum=1, allow_none=True):
     if v is None and allow_none:
         return None
@@ -289,7 +301,7 @@ def _prepare_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, soft
     s.cache, s.B, s.Q, s.Hq, s.D, s.single = cache, B, Q, Hq, D, single
     sc = _float_arg("scale", scale, allow_none=True)
     s.scale = 1.0 / math.sqrt(D) if sc is None else sc
-    s.softcap = _float_arg("softcap", softcap, nonneg=True)
+    s.softcap = _softcap(softcap)
     s.window = _int_arg("window", window) or 0
     s.num_splits = _int_arg("num_splits", num_splits) or 0
     return s
@@ -361,7 +373,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, sc
     Hkv, D] with block_table [B, pages_per_seq] int32; cache_seqlens [B] int32, 0 allowed (that
     sequence's output is 0 and its lse -inf). The Q queries of a sequence of length L sit at
     positions L - Q .. L - 1 and are causal among themselves. window: attend only the last `window`
-    positions (keys in (p - window, p]); softcap: scores become softcap * tanh(s / softcap).
+    positions (keys in (p - window, p]); softcap (0 or >= 1e-6): scores become softcap * tanh(s / softcap).
     Returns out (q's shape and dtype), and (out, lse) with return_lse, lse [B, (Q,) Hq] float32, the
     natural-log normaliser of each query's softmax. num_splits: KV splits per (sequence, kv head)
     (None: chosen from the shape and the thread / SM count).
@@ -450,7 +462,7 @@ def _prepare_prefill(q, k, v, cu_seqlens, cu_seqlens_k, causal, scale, softcap, 
     s.causal = causal
     sc = _float_arg("scale", scale, allow_none=True)
     s.scale = 1.0 / math.sqrt(D) if sc is None else sc
-    s.softcap = _float_arg("softcap", softcap, nonneg=True)
+    s.softcap = _softcap(softcap)
     s.window = _int_arg("window", window) or 0
     if s.window and not causal:
         raise ValueError("window: a sliding window needs causal=True (it bounds keys to (p - window, p])")
