@@ -475,8 +475,12 @@ def test_compiled_decode_step_matches_eager(gen):
         return ge.ops.decode_attention(q, k, v, L, softcap=4.0) * 2
 
     eager = step(q, k, v, L)
-    compiled = torch.compile(step, backend="eager", fullgraph=True)(q, k, v, L)
-    torch.testing.assert_close(compiled, eager)
+    compiled = torch.compile(step, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v, L), eager)
+    # int64 lengths: converted inside the op, where a value outside int32 still raises
+    torch.testing.assert_close(compiled(q, k, v, L.long()), eager)
+    with pytest.raises(ValueError, match="cache_seqlens: value 4294967308 does not fit"):
+        compiled(q, k, v, torch.tensor([2**32 + 12, 5], dtype=torch.int64))
 
 
 # ----------------------------------------------------------------------------------------------

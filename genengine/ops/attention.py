@@ -99,6 +99,8 @@ def _index_tensor(name, t, shape, device):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
     if t.device != device:
         raise ValueError(f"{name}: on device {t.device}, but q is on {device}")
+    if torch.compiler.is_compiling():
+        return t  # traced: the custom op's eager body (the same checks) converts it, so no value is read here
     if t.dtype == torch.int64 and t.numel() and not _capturing(t):
         lo, hi = (int(x) for x in torch.aminmax(t))
         if lo < -(2**31) or hi >= 2**31:
