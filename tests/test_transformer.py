@@ -159,6 +159,13 @@ def test_bench_torch_loop_is_the_same_greedy_model(one_thread):
     assert len(set(base.flatten().tolist())) > 3  # a varied continuation, not one repeated token
     assert torch.equal(base, full.argmax(-1))
     assert torch.equal(ours, base)
+    prompt = torch.randint(0, 37, (2, 9))  # with a prompt: its causal prefill, then the steps
+    base = torch_generate(lm, 2, 12, prompt)
+    ours = torch.stack(lm.generate(list(prompt), 12, temperature=0.0, backend="torch"))
+    with torch.no_grad():
+        full = lm.forward(ours)
+    assert torch.equal(ours[:, :9], prompt) and torch.equal(ours[:, 9:], base)
+    assert torch.equal(base, full[:, 9:].argmax(-1))
 
 
 def test_stop_tokens_and_batch_of_one(corpus, trained, one_thread):
