@@ -21,19 +21,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.transformer import _rotate
 from .harness import Table, interleave
 
 COLUMNS = [("case", 30, "<"), ("candidate", 22, "<"), ("median ms", 10, ">"), ("tokens/s", 9, ">"),
            ("vs torch", 8, ">"), ("% floor", 7, ">")]
 MODEL = dict(vocab_size=256, d_model=256, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024)
-
-
-def _rotate_at(x, cos, sin):
-    """Half-split rotary of x [B, T, H, D] with cos, sin [T, D / 2]."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 
 @torch.no_grad()
@@ -53,7 +46,7 @@ def torch_generate(lm, batch, max_new_tokens, prompt=None):
         cos, sin = lm.rope_cos[pos:pos + t], lm.rope_sin[pos:pos + t]
         for li, blk in enumerate(lm.blocks):
             q, k, v = blk.qkv(blk.attn_norm(h))
-            q, k = _rotate_at(q, cos, sin), _rotate_at(k, cos, sin)
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
             ck[li][:, :, pos:pos + t] = k.transpose(1, 2)
             cv[li][:, :, pos:pos + t] = v.transpose(1, 2)
             a = F.scaled_dot_product_attention(q.transpose(1, 2), ck[li][:, :, :pos + t], cv[li][:, :, :pos + t],
@@ -85,7 +78,8 @@ def floor_seconds(lm, batch, prompt_len, new_tokens, ceilings):
     flops = 2 * batch * t * dense + 2 * batch * lm.n_layers * lm.n_heads * lm.head_dim * t * (t + 1)  # QK^T + PV, causal
     _, _, rate = ceilings.matmul()
     steps = [weights + per_key * (t + j) for j in range(1, new_tokens)]
-    _, bw = ceilings.copy(2 * (sum(steps) // max(1, len(steps)) if steps else weights))  # a copy of 2x reads it once
+    per_step = sum(steps) // len(steps) if steps else weights
+    _, bw = ceilings.copy(2 * per_step)  # a copy of 2x the bytes reads them once
     return max(flops / rate, weights / bw) + sum(steps) / bw
 
 
