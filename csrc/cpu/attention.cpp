@@ -799,9 +799,12 @@ GE_A512 void attend512_block(const RowSet& rs, int64_t j0, int n, const float** 
   ra.upto(2 * n);
 }
 
-// rows requested ahead of the reads (contiguous caches): 64-128 measured alike at G = 4 and G = 1,
-// 16-32 and 256+ slower
-constexpr int kRowsAhead = 128;
+// rows requested ahead of the reads (contiguous caches). Measured in a Python process against a
+// pure read of the same cold K and V (benchmarks/NOTES.md, sixth session): 24-96 alike, 128 6% and
+// 256 25% slower at (1,32,8,4096,128), 48-96 2-4% faster than 128 at (8,32,8,2048,128), MHA alike;
+// (our reading, with no hardware counters on this VM: requests further ahead hold the miss
+// buffers the arithmetic's own loads then wait for)
+constexpr int kRowsAhead = 64;
 
 GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
   attend512_init(rs);

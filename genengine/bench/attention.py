@@ -8,19 +8,26 @@ torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa
 contiguous cache. Bytes: K and V read once (the floor; q and the output are < 0.1% of it).
 "% copy" is a same-bytes copy's time (dst.copy_(src), nbytes/2 read + nbytes/2 written) over the
 candidate's, and "% read" a same-bytes read-only stream's (buf.amax() over nbytes, the ceiling of a
-kernel that only reads), timed interleaved with the candidate. "vs SDPA" is SDPA's median over the candidate's; "paged/contig"
-the paged median over the contiguous one of the same backend. A tiny row (B=1, Hq=8, Hkv=2, S=64,
-D=64) shows the per-call overhead, with rope_append_kv for one decode token beside it.
+kernel that only reads), timed interleaved with the candidate. "vs SDPA" is SDPA's median over the
+candidate's; "paged/contig" the paged median over the contiguous one of the same backend.
+Cold: in a model each layer's cache is read once per step and evicted by the other layers' before
+the next, so every call here (and every copy and read it is measured against) takes the next of
+`cold_sets` input sets, together at least 4x the last-level cache. Without this, the 32 MiB of
+(1,32,8,4096,128) sat in this CPU's 32 MiB L3 and its same-bytes copy ran from L3 at ~2x the DRAM
+rate the kernel streams at. A tiny row (B=1, Hq=8, Hkv=2, S=64, D=64), warm, shows the per-call
+overhead, with rope_append_kv for one decode token beside it.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
 
 from .. import ops
 from .diffusion import backends
-from .harness import Table, interleave, us
+from .harness import COLD_CACHE_MULTIPLE, Table, cold_sets, interleave, last_level_cache_bytes, us
 
 COPY = "copy (same bytes)"
 READ = "read (same bytes)"
@@ -65,17 +72,25 @@ def inputs(shape, dtype, device, seed=0):
     return q, k, v, L, paged_copy(k, PAGE, perm), paged_copy(v, PAGE, perm), bt
 
 
-def candidates(shape, dtype, device, names):
-    """{(label, layout): callable}."""
-    q, k, v, L, kp, vp, bt = inputs(shape, dtype, device)
+def candidates(shape, dtype, device, names, sets=1):
+    """{(label, layout): callable}; sets > 1: every call takes the next of that many input sets (one
+    counter for all candidates, so no call reads the set the previous call just read)."""
+    data = [inputs(shape, dtype, device, seed=i) for i in range(sets)]
+    turn = itertools.count()
+
+    def each(fn):
+        return lambda: fn(*data[next(turn) % sets])
+
     res = {}
     for name in names:
         if name == "torch":  # the Python reference loops over sequences: not a contender
             continue
-        res[(name, "contig")] = lambda name=name: ops.decode_attention(q, k, v, L, backend=name)
-        res[(name, "paged")] = lambda name=name: ops.decode_attention(q, kp, vp, L, block_table=bt, backend=name)
-    q4 = q[:, :, None]
-    res[("torch SDPA", "contig")] = lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True)
+        res[(name, "contig")] = each(lambda q, k, v, L, kp, vp, bt, name=name:
+                                     ops.decode_attention(q, k, v, L, backend=name))
+        res[(name, "paged")] = each(lambda q, k, v, L, kp, vp, bt, name=name:
+                                    ops.decode_attention(q, kp, vp, L, block_table=bt, backend=name))
+    res[("torch SDPA", "contig")] = each(lambda q, k, v, L, kp, vp, bt:
+                                         F.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True))
     return res
 
 
@@ -117,17 +132,20 @@ def run(ctx):
     for line in skipped:
         ctx.print(line)
     table = Table(COLUMNS)
-    ctx.print("decode attention (one query token per sequence, full caches; bytes = K + V read once)")
+    ctx.print("decode attention (one query token per sequence, full caches; bytes = K + V read once; cold: each row's"
+              f" calls and ceilings rotate through enough input sets to fill {COLD_CACHE_MULTIPLE}x the"
+              f" {last_level_cache_bytes(device) / 2**20:.0f} MiB last-level cache)")
     ctx.print(table.header())
     rows = []
     for shape, dtype in cases(device, ctx.dtypes):
         B, Hq, Hkv, S, D = shape
         nbytes = 2 * B * Hkv * S * D * dtype.itemsize
         budget = 0.5 if quick else 4.0
-        group = candidates(shape, dtype, device, names)
+        sets = cold_sets(nbytes, device)
+        group = candidates(shape, dtype, device, names, sets)
         stats = interleave(group, device, budget, min_samples=3 if quick else 8)
-        copy_fn = ctx.ceilings.copy_callable(nbytes, dtype)
-        read_fn = ctx.ceilings.read_callable(nbytes, dtype)
+        copy_fn = ctx.ceilings.copy_callable(nbytes, dtype, sets)
+        read_fn = ctx.ceilings.read_callable(nbytes, dtype, sets)
         pct, pct_read = {}, {}
         for key, fn in group.items():
             pst = interleave({key: fn, COPY: copy_fn, READ: read_fn}, device, budget * 0.75,
@@ -141,7 +159,8 @@ def run(ctx):
             ratio = st.median / contig.median if layout == "paged" and contig else None
             row = {"op": "decode_attention", "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
                    "layout": layout if layout == "contig" else f"paged{PAGE}", "backend": label, "device": device.type,
-                   **st.as_dict(), "bytes_read": nbytes, "GB_per_s": bw / 1e9, "pct_of_copy": pct[(label, layout)],
+                   **st.as_dict(), "bytes_read": nbytes, "input_sets": sets, "GB_per_s": bw / 1e9,
+                   "pct_of_copy": pct[(label, layout)],
                    "pct_of_read": pct_read[(label, layout)], "speedup_vs_sdpa": base / st.median, "paged_over_contig": ratio}
             rows.append(row)
             ctx.print(table.line([f"{_shape(shape)} {row['dtype']}", layout, label, us(st.median), f"{bw / 1e9:.1f}",

@@ -14,11 +14,18 @@ number reported), min and p90 (kept in the JSON).
 Ceilings: copy bandwidth (a preallocated dst.copy_(src), bytes = read + write) measured at the byte
 count of each row, since caches make it depend on size, cached per (bytes, dtype); and the float32
 matmul rate (FLOP/s).
+
+Cold inputs: a row whose real use never finds its bytes in cache (decode attention: each layer's KV
+cache is evicted by the other layers' before the next step reads it) rotates through
+`cold_sets(nbytes)` copies of its inputs, one shared counter for every candidate of the row, and
+times its ceilings with the same number of rotating buffers (`copy_callable(..., sets=n)`).
 """
 
 from __future__ import annotations
 
 import gc
+import glob
+import itertools
 import os
 import statistics
 import time
@@ -122,6 +129,47 @@ def interleave(candidates, device, budget_s, *, min_samples=5, warmup_s=None, la
     return {k: Stats.of(s) for k, s in zip(names, samples)}
 
 
+# rotated inputs add up to at least this many times the last-level cache: then no call finds what
+# it reads still cached (Zen 4, 32 MiB L3, amax over rotated 32 MiB buffers: 2 to 16 of them alike,
+# 0.85-0.9x one 512 MB buffer's rate; a single one 1.5x it, from L3)
+COLD_CACHE_MULTIPLE = 4
+
+
+def last_level_cache_bytes(device):
+    """The last-level cache's size: the GPU's L2, or the CPU's largest cache in sysfs (32 MiB if
+    none is listed)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    sizes = []
+    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(index) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in "KMG" else text
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes) if sizes else 32 << 20
+
+
+def cold_sets(nbytes, device, cap=16):
+    """How many copies of a row's nbytes of inputs to rotate through so that none is still cached
+    when its turn comes again (COLD_CACHE_MULTIPLE x the last-level cache, at most cap)."""
+    want = COLD_CACHE_MULTIPLE * last_level_cache_bytes(device)
+    return int(min(cap, max(1, -(-want // max(1, int(nbytes))))))
+
+
+def rotating(fns):
+    """One zero-argument callable that calls fns[0], fns[1], ... in turn."""
+    if len(fns) == 1:
+        return fns[0]
+    turn = itertools.count()
+    return lambda: fns[next(turn) % len(fns)]()
+
+
 class Ceilings:
     """This machine's copy bandwidth (per byte count) and matmul rate, measured on first use and cached."""
 
@@ -131,24 +179,29 @@ class Ceilings:
         self._copy = {}
         self._matmul = None
 
-    def copy_callable(self, nbytes, dtype=torch.float32):
-        """A zero-argument dst.copy_(src) moving nbytes in all (nbytes/2 read, nbytes/2 written)."""
+    def copy_callable(self, nbytes, dtype=torch.float32, sets=1):
+        """A zero-argument dst.copy_(src) moving nbytes in all (nbytes/2 read, nbytes/2 written);
+        sets > 1: through that many (src, dst) pairs in turn (cold, see cold_sets)."""
         esize = torch.empty((), dtype=dtype).element_size()
         if nbytes % (2 * esize):
             dtype, esize = torch.uint8, 1
         n = max(1, nbytes // (2 * esize))
-        src = torch.ones(n, dtype=dtype, device=self.device)
-        dst = torch.zeros_like(src)
-        return lambda: dst.copy_(src)
+        fns = []
+        for _ in range(sets):
+            src = torch.ones(n, dtype=dtype, device=self.device)
+            dst = torch.zeros_like(src)
+            fns.append(lambda src=src, dst=dst: dst.copy_(src))
+        return rotating(fns)
 
-    def read_callable(self, nbytes, dtype=torch.float32):
+    def read_callable(self, nbytes, dtype=torch.float32, sets=1):
         """A zero-argument buf.amax() over nbytes: a same-bytes read-only stream, the ceiling of a kernel
-        that reads its bytes and writes next to nothing (a copy's writes can outrun reads alone)."""
+        that reads its bytes and writes next to nothing (a copy's writes can outrun reads alone);
+        sets > 1: through that many buffers in turn."""
         esize = torch.empty((), dtype=dtype).element_size()
         if nbytes % esize:
             dtype, esize = torch.uint8, 1
-        buf = torch.ones(max(1, nbytes // esize), dtype=dtype, device=self.device)
-        return lambda: buf.amax()
+        bufs = [torch.ones(max(1, nbytes // esize), dtype=dtype, device=self.device) for _ in range(sets)]
+        return rotating([lambda buf=buf: buf.amax() for buf in bufs])
 
     def copy(self, nbytes, dtype=torch.float32):
         """(Stats, bytes/s) of dst.copy_(src) moving nbytes in all (nbytes/2 read, nbytes/2 written)."""
