@@ -85,12 +85,20 @@ def _check(backend, shape, groups, cl, has_w, has_b, dtype, gen, device="cpu", o
         err = ((out.double() - ref.detach()).abs() / (1 + ref.detach().abs())).max().item()
         assert err <= tol, f"forward error {err:.3g} > {tol}"
     assert torch.equal(y0, y.detach()), "the eager path and the registered op agree exactly"
+    # dx of a group scales as 1 / its standard deviation, and so does its rounding error: a group of
+    # two nearly equal values (no spatial dims, 2 channels per group) is ill-conditioned in any
+    # float32 code, torch's included (sigma 0.017 put all three backends at 2.1e-4; over 1500 seeds
+    # of (3, 6) / 3 groups the error reached 2.9x GTOL, and at most 0.7x GTOL * max(1, 0.1 / sigma_min);
+    # 0.2 for margin)
+    groups_x = x.double().reshape(x.shape[0], groups, -1)
+    sigma_min = (groups_x.var(-1, unbiased=False) + eps).sqrt().min().item() if x.numel() else 1.0
+    conditioning = {"dx": max(1.0, 0.2 / sigma_min), "dweight": 1.0, "dbias": 1.0}
     for name, g, r in zip(("dx", "dweight", "dbias"), grads, ref_grads):
         assert g.shape == r.shape
         scale = max(1.0, r.abs().max().item())
         err = (g.double() - r).abs().max().item() / scale
         # parameter gradients sum over N * spatial terms: a float32 sum of that many
-        assert err <= gtol, f"{name} error {err:.3g} > {gtol}"
+        assert err <= gtol * conditioning[name], f"{name} error {err:.3g} > {gtol} * {conditioning[name]:.3g}"
     assert grads[0].stride() == x.stride()
 
 
