@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import itertools
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import genengine as ge  # noqa: E402
 from genengine.bench.attention import cases, inputs  # noqa: E402
-from genengine.bench.harness import Ceilings, Table, busy_note, cold_sets, interleave, us  # noqa: E402
+from genengine.bench.harness import Ceilings, Table, busy_note, cold_sets, each_set, interleave, us  # noqa: E402
 
 COPY = "copy"
 
@@ -50,11 +49,7 @@ def _candidates(shape, dtype, device, flex, sets):
     """Every call takes the next of `sets` input sets (one counter for all: cold, see harness)."""
     B, Hq, Hkv, S, D = shape
     G = Hq // Hkv
-    data = [inputs(shape, dtype, device, seed=i) for i in range(sets)]
-    turn = itertools.count()
-
-    def each(fn):
-        return lambda: fn(*data[next(turn) % sets])
+    each = each_set([inputs(shape, dtype, device, seed=i) for i in range(sets)])
 
     cands = {
         "genengine": each(lambda q, k, v, L, kp, vp, bt: ge.ops.decode_attention(q, k, v, L)),

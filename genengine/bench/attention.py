@@ -20,14 +20,12 @@ overhead, with rope_append_kv for one decode token beside it.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 import torch.nn.functional as F
 
 from .. import ops
 from .diffusion import backends
-from .harness import COLD_CACHE_MULTIPLE, Table, cold_sets, interleave, last_level_cache_bytes, us
+from .harness import COLD_CACHE_MULTIPLE, Table, cold_sets, each_set, interleave, last_level_cache_bytes, us
 
 COPY = "copy (same bytes)"
 READ = "read (same bytes)"
@@ -75,11 +73,7 @@ def inputs(shape, dtype, device, seed=0):
 def candidates(shape, dtype, device, names, sets=1):
     """{(label, layout): callable}; sets > 1: every call takes the next of that many input sets (one
     counter for all candidates, so no call reads the set the previous call just read)."""
-    data = [inputs(shape, dtype, device, seed=i) for i in range(sets)]
-    turn = itertools.count()
-
-    def each(fn):
-        return lambda: fn(*data[next(turn) % sets])
+    each = each_set([inputs(shape, dtype, device, seed=i) for i in range(sets)])
 
     res = {}
     for name in names:

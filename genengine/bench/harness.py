@@ -170,6 +170,14 @@ def rotating(fns):
     return lambda: fns[next(turn) % len(fns)]()
 
 
+def each_set(data):
+    """A wrapper: each(fn) is a zero-argument callable that calls fn(*data[i]) with the next i of
+    one counter shared by everything wrapped from the same each_set(data), so consecutive calls of
+    different candidates never read the same input set."""
+    turn = itertools.count()
+    return lambda fn: (lambda: fn(*data[next(turn) % len(data)]))
+
+
 class Ceilings:
     """This machine's copy bandwidth (per byte count) and matmul rate, measured on first use and cached."""
 
