@@ -278,6 +278,40 @@ def _copy_slot_to_paged(k, kp, bt, pos, page_size):
     return kp
 
 
+def _softcap_precision_case(gen, backend, device="cpu"):
+    """softcap * tanh(s / softcap) to float32 precision for every score, decode (contiguous and paged)
+    and prefill. A cap of 10,000 over scores of a few units: tanh computed as 1 - 2 / (exp(2t) + 1)
+    is exact only to ~1e-7 absolutely, which the cap scales to ~1e-3 on each score (and so on the
+    output). A cap of 3 over scores up to ~40: both sides of the kernels' switch (|t| = 0.55) from
+    tanh's odd polynomial to the exp form, and saturation."""
+    B, Hkv, G, S = 2, 2, 4, 37
+    for D, softcap, spread in ((64, 1e4, 3.0), (80, 3.0, 12.0)):
+        lengths = [S, 23]
+        k, v, kp, vp, bt = _caches(gen, B, Hkv, D, lengths, S, torch.float32, 16)
+        q = _randn((B, Hkv * G, D), gen, torch.float32) * spread  # scores q . k / sqrt(D) ~ N(0, spread^2)
+        L = torch.tensor(lengths, dtype=torch.int32)
+        ro, rl = R.decode_attention(q, k, v, L, softcap=softcap)
+        on = lambda *t: [x.to(device) for x in t]  # noqa: E731
+        for paged in (False, True):
+            kc, vc = (kp, vp) if paged else (k, v)
+            o, lse = ge.ops.decode_attention(*on(q, kc, vc, L), block_table=on(bt)[0] if paged else None,
+                                             softcap=softcap, return_lse=True, backend=backend)
+            _close(o.cpu(), ro, torch.float32, f"decode (paged={paged}, softcap={softcap:g})")
+            _close_lse(lse.cpu(), rl, torch.float32)
+        cu = torch.tensor([0, 9, 9 + S], dtype=torch.int32)
+        qp = _randn((int(cu[-1]), Hkv * G, D), gen, torch.float32) * spread
+        kk, vv = (_randn((int(cu[-1]), Hkv, D), gen, torch.float32) for _ in range(2))
+        ro, _ = R.prefill_attention(qp, kk, vv, cu, softcap=softcap)
+        o = ge.ops.prefill_attention(*on(qp, kk, vv, cu), softcap=softcap, backend=backend)
+        _close(o.cpu(), ro, torch.float32, f"prefill (softcap={softcap:g})")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decode_and_prefill_softcap_precise_at_any_cap(backend, gen):
+    _available(backend)
+    _softcap_precision_case(gen, backend)
+
+
 def test_decode_float64_torch_backend(gen):
     _decode_case(gen, "torch", torch.float64, paged=True)
 
@@ -643,6 +677,13 @@ def test_gpu_decode_matches_reference(backend, dtype, paged, gen):
     for Q in (1, 1, 3):
         for ns in (None, 1, 5):
             _decode_case(gen, backend, dtype, paged=paged, Q=Q, device="cuda", num_splits=ns)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_KERNELS)
+def test_gpu_softcap_precise_at_any_cap(backend, gen):
+    _available(backend, "cuda")
+    _softcap_precision_case(gen, backend, "cuda")
 
 
 @pytest.mark.gpu
