@@ -214,7 +214,12 @@ def _rq_bwd_kernel(x_ptr, w_ptr, h_ptr, d_ptr, gy_ptr, gl_ptr, gx_ptr, gw_ptr, g
         g1 = -gin
         gl = -gl
     hg = g1 * hk
-    G_t = hg * dR_dt + gl * dL_dt
+    # the inverse holds y fixed: G_t is exactly -gy wk, which the sum reaches only as the difference
+    # of two terms of size gl Lx wk (6% off in float32 at a steep bin's edge); as the C++ kernel
+    if INVERSE:
+        G_t = -gout * wk
+    else:
+        G_t = hg * dR_dt + gl * dL_dt
     G_s = hg * dR_ds + gl * dL_ds
     G_dk = (hg * dR_ddk + gl * dL_ddk) * sk
     G_dk1 = (hg * dR_ddk1 + gl * dL_ddk1) * sk1

@@ -62,6 +62,35 @@ def _close_spline(y, lad, x, w, h, d, inverse, bound=3.0):
     assert torch.all((y.double() - ye).abs() <= tol)
 
 
+def _off_knots(point, w, bound=3.0, min_w=1e-3):
+    """Points of the spline's domain further than 1e-5 (1 + B) from every interior width knot. At a
+    knot the gradients are one-sided (the spline's curvature jumps there: -93 against -8.5 for a
+    log-det's d / dx, seen once in 266k points), and float32's knots stand ~1e-7 off float64's, so
+    the side a point within that of a knot falls on is rounding's choice."""
+    knots, _ = ref._knots(w.double(), w.shape[-1], min_w, bound)
+    gap = (point.double().unsqueeze(-1) - knots[..., 1:-1]).abs().amin(-1)
+    return gap > 1e-5 * (1 + bound)
+
+
+def _spline_grads_want(x, y, w, h, d, gy, gl, inverse, bound=3.0):
+    """float64 gradients of (y * gy + lad * gl).sum() for the op that mapped x to y, as (gx, gw, gh, gd).
+    The inverse's are taken at the point it computed, by the implicit function theorem on the forward
+    there (d y_in = g'(y) d y, d theta: -(g_theta / g') and -d logabsdet): float32 holds an inverse's
+    point only to its conditioning, dy / g'(x) (2.5e-3 in a flat bin, as float32 torch does too), which
+    _close_spline bounds, and the gradients at the exact point differ from those at the computed one
+    by the same conditioning; what the backward itself adds is what this checks."""
+    we, he, de = (t.double().requires_grad_() for t in (w, h, d))
+    if not inverse:
+        xe = x.double().requires_grad_()
+        ye, le = ref.rq_spline(xe, we, he, de, tail_bound=bound)
+        return torch.autograd.grad((ye * gy.double() + le * gl.double()).sum(), (xe, we, he, de))
+    pe = y.double().requires_grad_()  # the computed point in the spline's domain
+    ye, le = ref.rq_spline(pe, we, he, de, tail_bound=bound)
+    (lx,) = torch.autograd.grad(le.sum(), pe, retain_graph=True)
+    gin = (gy.double() - gl.double() * lx) / torch.exp(le.detach())  # d loss / d y_in
+    return (gin, *torch.autograd.grad((ye * -gin + le * -gl.double()).sum(), (we, he, de)))
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("k,interior", [(8, True), (5, False), (8, False), (3, True)])
@@ -92,15 +121,15 @@ def test_rq_spline_backward_matches_reference(backend, inverse, k, interior, gen
     leaves = [t.clone().requires_grad_() for t in (x, w, h, d)]
     y, lad = ge.ops.rq_spline(*leaves, inverse=inverse, backend=backend)
     got = torch.autograd.grad((y * a + lad * b).sum(), leaves)
-    eleaves = [t.double().requires_grad_() for t in (x, w, h, d)]
-    ye, le = ref.rq_spline(*eleaves, inverse=inverse)
-    want = torch.autograd.grad((ye * a.double() + le * b.double()).sum(), eleaves)
+    want = _spline_grads_want(x, y.detach(), w, h, d, a, b, inverse)
+    keep = _off_knots(y.detach() if inverse else x, w)
     # float32 holds knots and points to ~1e-7: slopes and curvatures move by that over a bin width,
     # and the inverse's gradients carry 1 / g'(x) on top
     rtol, atol = (1e-2, 1e-3)
     for name, g, e in zip(("x", "widths", "heights", "derivatives"), got, want):
         assert g.dtype == torch.float32 and g.shape == e.shape, name
-        torch.testing.assert_close(g.double(), e, rtol=rtol, atol=atol, msg=lambda m, name=name: f"grad {name}: {m}")
+        torch.testing.assert_close(g[keep].double(), e[keep], rtol=rtol, atol=atol,
+                                   msg=lambda m, name=name: f"grad {name}: {m}")
 
 
 def test_rq_spline_only_one_output_used(gen):
@@ -126,12 +155,12 @@ def test_rq_spline_every_cpu_clone(isa, inverse, gen):
     gy, gl = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
     gx, gw, gh, gd = torch.empty(n), torch.empty(n, k), torch.empty(n, k), torch.empty(n, k - 1)
     F._cpp_bwd(x, y, w, h, d, inverse, 3.0, 1e-3, 1e-3, 1e-3, gy, gl, gx, gw, gh, gd, isa=isa)
-    leaves = [t.double().requires_grad_() for t in (x, w, h, d)]
-    ye, le = ref.rq_spline(*leaves, inverse=inverse)
-    want = torch.autograd.grad((ye * gy.double() + le * gl.double()).sum(), leaves)
+    want = _spline_grads_want(x, y, w, h, d, gy, gl, inverse)
+    keep = _off_knots(y if inverse else x, w)
+    assert keep.sum() >= n - 3
     rtol, atol = (1e-2, 1e-3)
     for g, e in zip((gx, gw, gh, gd), want):
-        torch.testing.assert_close(g.double(), e, rtol=rtol, atol=atol)
+        torch.testing.assert_close(g[keep].double(), e[keep], rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("backend,inverse,interior", [

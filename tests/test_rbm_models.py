@@ -171,13 +171,21 @@ def test_boltzmann_machine_fit_and_exact_log_prob(gen):
     true.bias.data = torch.randn(n, generator=gen) * 0.5
     states = _states(n).float()
     assert abs(float(torch.logsumexp(true.log_prob(states), 0))) < 1e-6
+    # couplings strong enough that the data are >= 0.4 nats from uniform: at the scale drawn, 5% of
+    # seeds gave < 0.3, so a fixed "gains 0.3 nats" could not be met even by the true model
+    while True:
+        lp = true.log_prob(states)
+        if math.log(2**n) + float((lp.exp() * lp).sum()) >= 0.4:
+            break
+        true.W.data *= 1.5
     x = true.sample(3000, sweeps=100, generator=gen)
     m = ge.models.BoltzmannMachine(n, edges=edges)
-    before = float(m.log_prob(x).mean())
+    before = float(m.log_prob(x).mean())  # the untrained model: uniform
     m.fit(x, epochs=12, batch_size=300, lr=0.2, progress=False, generator=gen)
     after = float(m.log_prob(x).mean())
     best = float(true.log_prob(x).mean())
-    assert after > before + 0.3 and after > best - 0.1, (before, after, best)
+    # the fit closes >= 80% of the way from uniform to the true model (150 seeds: 90-99%)
+    assert after - before >= 0.8 * (best - before), (before, after, best)
     assert torch.equal(m.W, m.W * m.mask)  # couplings only on the edges
 
 

@@ -182,7 +182,9 @@ __global__ void rq_bwd_kernel(SplineGeom g, const float* __restrict__ x, const f
     gl = -gl;
   }
   const float hg = g1 * b.hk;
-  const float G_t = hg * dR_dt + gl * dL_dt, G_s = hg * dR_ds + gl * dL_ds;
+  // the inverse holds y fixed: G_t is exactly -gy wk, which the sum reaches only as the difference of
+  // two terms of size gl Lx wk (6% off in float32 at a steep bin's edge); as the C++ kernel
+  const float G_t = g.inverse ? -gout * b.wk : hg * dR_dt + gl * dL_dt, G_s = hg * dR_ds + gl * dL_ds;
   const float G_dk = (hg * dR_ddk + gl * dL_ddk) * b.sk, G_dk1 = (hg * dR_ddk1 + gl * dL_ddk1) * b.sk1;
   if (!g.inverse) gin = G_t * rw;
   const float g_lo = -G_t * rw, g_wk = -(G_t * t + G_s * s) * rw, g_hk = G_s * rw + g1 * R;
