@@ -445,8 +445,8 @@ GE_INLINE void spline_bwd_chunk(const Ptrs<T>& a, Cfg<T> c, int64_t begin, int64
     const V hg = g1 * b.hk;
     // the inverse holds y fixed, so x = lo + t wk moves with lo one for one and the log-det not at
     // all: G_t is exactly -gy wk, which the forward's sum below reaches only as the difference of
-    // two terms of size gl Lx wk (a steep bin's edge: 6% off in float32, against 1e-5 from torch's
-    // own float32 autograd)
+    // two terms of size gl Lx wk (at a steep bin's edge 6% off in float32, where torch's float32
+    // autograd of the same formulas stayed under 1% of the test's bound)
     const V G_t = c.inverse ? -gout * b.wk : hg * dR_dt + gl * dL_dt;
     const V G_s = hg * dR_ds + gl * dL_ds;
     const V G_dk = (hg * dR_ddk + gl * dL_ddk) * b.sk;
