@@ -139,7 +139,7 @@ def _decode_kernel(
         voff = page * v_sp + slot * v_ss + h * v_sh
         acc, m, l = _attend_block(q, acc, m, l, k_ptr, v_ptr, koff, voff, d, jm, dmask, j, lo, hi, rmask, softcap,
                                   SOFTCAP)
-    has = l > 0.0
+    has = (l > 0.0) | (l != l)  # a NaN score leaves l NaN: the row and its lse are NaN, as in the reference
     o = acc / tl.where(has, l, 1.0)[:, None]
     lse = tl.where(has, (m + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453, float("-inf"))
     omask = rmask[:, None] & dmask[None, :]
@@ -175,7 +175,7 @@ def _merge_kernel(po_ptr, pl_ptr, out_ptr, lse_ptr, Q, Hq, Hkv, G, R, D, splits,
         part = tl.load(po_ptr + (w0 + s)[:, None] * D + d[None, :], mask=rmask[:, None] & dmask[None, :], other=0.0)
         o += wgt[:, None] * part
         tot += wgt
-    has = tot > 0.0
+    has = (tot > 0.0) | (tot != tot)  # a NaN split stays NaN
     o = o / tl.where(has, tot, 1.0)[:, None]
     lse = tl.where(has, mx_safe + tl.log(tl.where(has, tot, 1.0)), float("-inf"))
     qi = rows // G
@@ -256,7 +256,7 @@ def _prefill_kernel(
         t = (k0 + j).to(tl.int64)
         acc, m, l = _attend_block(q, acc, m, l, k_ptr, v_ptr, t * k_st + h * k_sh, t * v_st + h * v_sh, d, jm, dmask,
                                   j, lo, hi, im, softcap, SOFTCAP)
-    has = l > 0.0
+    has = (l > 0.0) | (l != l)  # a NaN score leaves l NaN: the row and its lse are NaN, as in the reference
     o = acc / tl.where(has, l, 1.0)[:, None]
     lse = tl.where(has, (m + tl.log2(tl.where(has, l, 1.0))) * 0.6931471805599453, float("-inf"))
     tl.store(out_ptr + qrow[:, None] * D + d[None, :], _from_f32(o, out_ptr.dtype.element_ty),

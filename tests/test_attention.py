@@ -312,6 +312,60 @@ def test_decode_and_prefill_softcap_precise_at_any_cap(backend, gen):
     _softcap_precision_case(gen, backend)
 
 
+def _nan_in_kv_case(gen, backend, device="cpu"):
+    """A NaN in one in-range key (or value) makes exactly the reference's rows NaN, out and lse alike, on
+    every split count (a split whose l is NaN must not be merged as an empty one), contiguous and paged
+    decode and prefill; the other rows stay exact. A NaN key is also put where only some rows attend
+    it (a window, Q > 1, causal prefill). A NaN value is put only where every row attends it: a value
+    a row reads but masks (in the window's or the causal block's range) spreads as 0 * NaN, as in SDPA
+    and the reference, except where a kernel skips the read, so that case has no single answer."""
+    B, Hkv, G, D, S = 3, 2, 4, 64, 45
+    lengths = [S, 1, 19]
+
+    def on(*t):
+        return [x.to(device) for x in t]
+
+    for where, Q, window, causal in (("k", 2, 3, True), ("v", 1, None, False)):
+        k, v, kp, vp, bt = _caches(gen, B, Hkv, D, lengths, S, torch.float32, 16)
+        q = _randn((B, Q, Hkv * G, D), gen, torch.float32)
+        L = torch.tensor(lengths, dtype=torch.int32)
+        # sequence 0, kv head 1: its last position (with the window, only its last query token attends
+        # it); sequence 1, kv head 0: its one key (no finite key beside it in any split)
+        cells = [(0, 1, S - 1), (1, 0, 0)]
+        for b, h, pos in cells:
+            (k if where == "k" else v)[b, h, pos] = float("nan")
+            (kp if where == "k" else vp)[bt[b, pos // 16], pos % 16, h] = float("nan")
+        ro, rl = R.decode_attention(q, k, v, L, window=window)
+        for ns in (1, 3):
+            for paged in (False, True):
+                args = on(q, kp, vp, L, bt) if paged else on(q, k, v, L)
+                o, lse = ge.ops.decode_attention(*args[:4], block_table=args[4] if paged else None,
+                                                 window=window, return_lse=True, num_splits=ns, backend=backend)
+                o, lse = o.cpu(), lse.cpu()
+                what = f"NaN {where}, splits {ns}, paged {paged}"
+                nan = torch.isnan(ro)
+                assert nan.any() and torch.equal(torch.isnan(o), nan), f"{what}: NaN rows differ from the reference's"
+                assert torch.equal(torch.isnan(lse), torch.isnan(rl)), f"{what}: NaN lse differ from the reference's"
+                _close(o[~nan].view(-1), ro[~nan].view(-1), torch.float32, what)
+        T = 11
+        qp, kk, vv = _randn((T, Hkv * G, D), gen, torch.float32), _randn((T, Hkv, D), gen, torch.float32), \
+            _randn((T, Hkv, D), gen, torch.float32)
+        (kk if where == "k" else vv)[3, 1] = float("nan")
+        cu = torch.tensor([0, 6, T], dtype=torch.int32)
+        ro, rl = R.prefill_attention(qp, kk, vv, cu, causal=causal)
+        pre = "triton" if backend == "cuda" else backend  # triton serves prefill on the GPU
+        o, lse = ge.ops.prefill_attention(*on(qp, kk, vv, cu), causal=causal, return_lse=True, backend=pre)
+        nan = torch.isnan(ro)
+        assert nan.any() and torch.equal(torch.isnan(o.cpu()), nan), f"prefill NaN {where}: NaN rows differ"
+        assert torch.equal(torch.isnan(lse.cpu()), torch.isnan(rl)), f"prefill NaN {where}: NaN lse differ"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_decode_and_prefill_nan_in_kv_makes_its_rows_nan(backend, gen):
+    _available(backend)
+    _nan_in_kv_case(gen, backend)
+
+
 def test_decode_float64_torch_backend(gen):
     _decode_case(gen, "torch", torch.float64, paged=True)
 
@@ -684,6 +738,13 @@ def test_gpu_decode_matches_reference(backend, dtype, paged, gen):
 def test_gpu_softcap_precise_at_any_cap(backend, gen):
     _available(backend, "cuda")
     _softcap_precision_case(gen, backend, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_KERNELS)
+def test_gpu_nan_in_kv_makes_its_rows_nan(backend, gen):
+    _available(backend, "cuda")
+    _nan_in_kv_case(gen, backend, "cuda")
 
 
 @pytest.mark.gpu

@@ -152,9 +152,15 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
   __syncthreads();
   for (int idx = threadIdx.x; idx < nr * width; idx += kWarps * 32) {
     const int r = idx / width, d = idx - r * width;
+    // a NaN score leaves its warp's l NaN (fmaxf drops it from m): the row and its lse are NaN, as in
+    // the reference, even where every warp's max is still -inf
     float M = -INFINITY;
+    bool nan = false;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w][r]);
+    for (int w = 0; w < kWarps; ++w) {
+      M = fmaxf(M, sm_m[w][r]);
+      nan |= isnan(sm_l[w][r]);
+    }
     float tot = 0.0f, o = 0.0f;
     if (M > -INFINITY) {
 #pragma unroll
@@ -165,8 +171,8 @@ __global__ void __launch_bounds__(kWarps * 32) decode_kernel(const T* __restrict
       }
     }
     const bool has = tot > 0.0f;
-    const float val = has ? o / tot : 0.0f;
-    const float ls = has ? (M + log2f(tot)) * kLn2 : -INFINITY;
+    const float val = nan ? NAN : has ? o / tot : 0.0f;
+    const float ls = nan ? NAN : has ? (M + log2f(tot)) * kLn2 : -INFINITY;
     const int64_t row = r0 + r, qi = row / g.G, gg = row - qi * g.G;
     const int64_t orow = (b * g.Q + qi) * g.Hq + h * g.G + gg;
     if (g.splits == 1) {
@@ -190,18 +196,22 @@ __global__ void decode_merge_kernel(const float* __restrict__ ws_out, const floa
   const int64_t orow = (b * g.Q + qi) * g.Hq + h * g.G + gg;
   const float* pl = ws_lse + item * g.splits;
   float M = -INFINITY;
-  for (int64_t s = 0; s < g.splits; ++s) M = fmaxf(M, pl[s]);
+  bool nan = false;  // a NaN split (its lse NaN) makes the row NaN
+  for (int64_t s = 0; s < g.splits; ++s) {
+    M = fmaxf(M, pl[s]);
+    nan |= isnan(pl[s]);
+  }
   float tot = 0.0f;
   if (M > -INFINITY)
     for (int64_t s = 0; s < g.splits; ++s) tot += expf(pl[s] - M);
-  const bool has = tot > 0.0f;
+  const bool has = tot > 0.0f && !nan;
   for (int64_t d = threadIdx.x; d < g.D; d += blockDim.x) {
     float o = 0.0f;
     if (has)
       for (int64_t s = 0; s < g.splits; ++s) o += expf(pl[s] - M) * ws_out[(item * g.splits + s) * g.D + d];
-    out[orow * g.D + d] = from_float<T>(has ? o / tot : 0.0f);
+    out[orow * g.D + d] = from_float<T>(nan ? NAN : has ? o / tot : 0.0f);
   }
-  if (threadIdx.x == 0) lse[orow] = has ? M + logf(tot) : -INFINITY;
+  if (threadIdx.x == 0) lse[orow] = nan ? NAN : has ? M + logf(tot) : -INFINITY;
 }
 
 template <typename T, int EPL>
