@@ -224,7 +224,7 @@ def _langevin_kernel(x_ptr, g_ptr, out_ptr, n, half, coef, lo, hi, seed_lo, seed
     g = tl.load(g_ptr + start + local, mask=msk, other=0.0)
     v = (x - half * g) + coef * z
     if CLAMP:
-        v = tl.minimum(tl.maximum(v, lo), hi)
+        v = tl.where(v < lo, lo, tl.where(v > hi, hi, v))  # a NaN stays NaN (compiled maximum / minimum drop it)
     tl.store(out_ptr + start + local, v, mask=msk)
 
 

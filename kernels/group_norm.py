@@ -125,7 +125,8 @@ def _group_stats(part_ptr, gidx, cmask, cpg, S, S_CHUNK, SPLITS, eps, SB: tl.con
     mean = tl.sum(pm * nj[None, :], axis=1) / total
     d = pm - mean[:, None]
     M2 = tl.sum(pM2 + tl.where(m2d, nj[None, :] * d * d, 0.0), axis=1)
-    var = tl.maximum(M2 / total, 0.0)
+    var = M2 / total
+    var = tl.where(var < 0.0, 0.0, var)  # a NaN stays NaN (a compiled maximum would drop it)
     rstd = 1.0 / tl.sqrt(var + eps)
     return mean, rstd
 

@@ -380,6 +380,21 @@ def test_langevin_matches_reference(backend, gen):
             assert out.min() >= -1.0 and out.max() <= 0.5
 
 
+def _langevin_nan_clamp_case(backend, device="cpu"):
+    """Clamping keeps a NaN (a diverged chain must not look pinned at a bound) and clamps +-inf."""
+    x = torch.tensor([float("nan"), 0.25, 5.0, -5.0, float("inf"), float("-inf"), 0.0], device=device)
+    out = ge.ops.langevin_step(x, torch.zeros_like(x), 0.01, noise_scale=0.0, clamp=(-1.0, 1.0), generator=_g(1),
+                               backend=backend).cpu()
+    assert torch.isnan(out[0]), f"clamp turned NaN into {out[0].item()}"
+    assert torch.equal(out[1:], torch.tensor([0.25, 1.0, -1.0, 1.0, -1.0, 0.0]))
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNELS])
+def test_langevin_clamp_keeps_nan(backend):
+    _available(backend)
+    _langevin_nan_clamp_case(backend)
+
+
 def test_langevin_cpp_triton_bit_identical(gen):
     _available("triton")
     x = torch.randn(1001, generator=gen)
@@ -504,6 +519,7 @@ def test_gpu_ising_langevin_boltzmann_match_cpu(backend, gen):
     la = ge.ops.langevin_step(x, x, 0.05, generator=_g(2), backend="cpp")
     lb = ge.ops.langevin_step(x.cuda(), x.cuda(), 0.05, generator=_g(2), backend=backend)
     assert torch.allclose(la, lb.cpu(), atol=1e-5)
+    _langevin_nan_clamp_case(backend, "cuda")
     A, bias = _bm(gen, 30)
     xs = (torch.rand(20, 30, generator=gen) < 0.5).float()
     ba = ge.ops.boltzmann_gibbs(xs, A, bias, sweeps=3, generator=_g(2), backend="cpp")

@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
       if (e >= n) break;
       // the same float32 operations as the CPU (no contraction), so results agree to rounding of z
       float v = __fadd_rn(__fsub_rn(x[e], __fmul_rn(half_step, grad[e])), __fmul_rn(noise_coef, z[l]));
-      if (clamp) v = fminf(fmaxf(v, lo), hi);
+      if (clamp) v = clamp_keep_nan(v, lo, hi);  // fminf/fmaxf would pin a NaN to lo; the CPU keeps it
       out[e] = v;
     }
   }

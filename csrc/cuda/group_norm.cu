@@ -222,7 +222,8 @@ gn_norm_kernel(const T* __restrict__ x, T* __restrict__ y, const float* __restri
     }
     m2 = warp_sum(m2);
     if (lane == 0) {
-      const float rstd = 1.0f / sqrtf(fmaxf(m2 / total, 0.0f) + eps);
+      const float var = m2 / total;
+      const float rstd = 1.0f / sqrtf((var < 0.0f ? 0.0f : var) + eps);  // a NaN stays NaN (fmaxf would drop it)
       sh_stat[0] = mean;
       sh_stat[1] = rstd;
       if (split == 0) {
