@@ -109,6 +109,136 @@ def test_truncated_corrupted_and_foreign_files(tmp_path):
     assert os.path.getsize(path) > 0
 
 
+class _Counted(_Gauss):
+    """_Gauss plus fitted state kept as extra state (the hook older files lack)."""
+
+    def __init__(self, dim):
+        super().__init__(dim)
+        self.fits_ = 0
+
+    def fit(self, data, **kw):
+        self.fits_ += 1
+        return super().fit(data, **kw)
+
+    def get_extra_state(self):
+        return {"fits_": self.fits_}
+
+    def set_extra_state(self, state):
+        self.fits_ = int(state["fits_"])
+
+
+def _rewrite(path, out, edit, *, version=None):
+    """A copy of a saved model file with `edit(doc)` applied and its checksum recomputed."""
+    from genengine.models import base
+
+    doc = torch.load(path, weights_only=True)
+    edit(doc)
+    if version == 1:
+        doc["version"], doc["digest"] = 1, base._digest(doc["state_dict"])
+    else:
+        doc["digest"] = base._digest_doc(doc)
+    torch.save(doc, out)
+    return out
+
+
+def test_checksum_covers_the_configuration_and_old_files_still_load(tmp_path, gen):
+    data = torch.randn(50, 3, generator=gen)
+    m = _Gauss(3, scale=2.0).fit(data)
+    path = tmp_path / "g.pt"
+    m.save(path)
+    # a changed hyperparameter with the old (state-only) checksum: caught, not loaded as another model
+    doc = torch.load(path, weights_only=True)
+    doc["config"]["scale"] = 3.0
+    torch.save(doc, tmp_path / "config.pt")
+    with pytest.raises(ModelFileError, match="configuration or parameters"):
+        _Gauss.load(tmp_path / "config.pt")
+    doc = torch.load(path, weights_only=True)
+    doc["class"] = "Wrapped"
+    torch.save(doc, tmp_path / "class.pt")
+    with pytest.raises(ModelFileError, match="checksum"):
+        ge.models.load(tmp_path / "class.pt")
+    # version 1 files (the checksum over the state dict only) load as before
+    v1 = _rewrite(path, tmp_path / "v1.pt", lambda d: None, version=1)
+    back = _Gauss.load(v1)
+    assert back.get_config() == {"dim": 3, "scale": 2.0} and torch.equal(back.log_prob(data), m.log_prob(data))
+    # a file saved before a family kept extra state loads, with the rebuilt default
+    c = _Counted(3).fit(data).fit(data)
+    c.save(tmp_path / "c.pt")
+    assert _Counted.load(tmp_path / "c.pt").fits_ == 2
+    old = _rewrite(tmp_path / "c.pt", tmp_path / "c_old.pt", lambda d: d["state_dict"].pop("_extra_state"))
+    back = _Counted.load(old)
+    assert back.fits_ == 0 and torch.equal(back.mean, c.mean)
+    # but a missing parameter is still an error
+    bad = _rewrite(tmp_path / "c.pt", tmp_path / "c_bad.pt", lambda d: d["state_dict"].pop("mean"))
+    with pytest.raises(RuntimeError, match="mean"):
+        _Counted.load(bad)
+
+
+def test_corrupted_zip_trailer_is_a_model_file_error(tmp_path):
+    _Gauss(4).save(tmp_path / "g.pt")
+    raw = bytearray((tmp_path / "g.pt").read_bytes())
+    loc = raw.rfind(b"PK\x06\x07")  # the zip64 end-of-central-directory locator torch writes
+    assert loc > 0
+    raw[loc + 4] ^= 0x01  # zipfile.is_zipfile raises on this instead of answering False
+    (tmp_path / "bad.pt").write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError):
+        ge.models.load(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_load_keeps_the_saved_dtype(tmp_path, dtype, gen):
+    m = _Gauss(5).fit(torch.randn(40, 5, generator=gen)).to(dtype)
+    with torch.no_grad():
+        m.mean.add_(torch.randn(5, generator=gen, dtype=torch.float64).to(dtype) * 1e-3)
+    m.save(tmp_path / "g.pt")
+    back = _Gauss.load(tmp_path / "g.pt")
+    assert back.mean.dtype == dtype and back.log_std.dtype == dtype
+    assert torch.equal(back.mean, m.mean) and torch.equal(back.log_std, m.log_std)
+    flow = ge.models.RealNVP(2, layers=2, hidden=8).to(dtype)
+    flow.save(tmp_path / "f.pt")
+    fb = ge.models.load(tmp_path / "f.pt")
+    for (k, a), (_, b) in zip(flow.state_dict().items(), fb.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a, b), k
+    if dtype == torch.float64:
+        x = torch.randn(6, 2, generator=gen, dtype=dtype)
+        assert torch.equal(fb.log_prob(x), flow.log_prob(x))
+
+
+def test_fitted_state_dict_loads_into_a_fresh_model(gen):
+    x = torch.randn(120, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (120,), generator=gen)
+    for make, fit in [(lambda: ge.models.GaussianNB(), lambda m: m.fit(x, y)),
+                      (lambda: ge.models.GaussianMixture(2, random_state=0), lambda m: m.fit(x, progress=False)),
+                      (lambda: ge.models.PPCA(1), lambda m: m.fit(x, progress=False))]:
+        fitted = fit(make())
+        fresh = make()
+        fresh.load_state_dict(fitted.state_dict())
+        assert torch.equal(fresh.log_prob(x), fitted.log_prob(x)), type(fitted).__name__
+    # a buffer that is not an unfitted placeholder keeps torch's size check
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        _Gauss(3).load_state_dict(_Gauss(4).state_dict())
+
+
+def test_failed_save_leaves_no_temporary_and_keeps_the_old_file(tmp_path, monkeypatch):
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(IsADirectoryError, match="path"):
+        _Gauss(3).save(tmp_path / "dir.pt")
+    m = _Gauss(3)
+    m.save(tmp_path / "g.pt")
+    before = (tmp_path / "g.pt").read_bytes()
+
+    def failing_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        _Gauss(3, scale=5.0).save(tmp_path / "g.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.pt", "g.pt"]
+    assert (tmp_path / "g.pt").read_bytes() == before
+
+
 def test_check_data_errors():
     with pytest.raises(ValueError, match="x: contains NaN"):
         check_data(torch.tensor([[1.0, float("nan")]]), "x")
@@ -118,6 +248,8 @@ def test_check_data_errors():
         check_data(torch.zeros(1, 2), "x", min_rows=2)
     with pytest.raises(TypeError, match="x: expected a tensor"):
         check_data(object(), "x")
+    with pytest.raises(TypeError, match="x: expected real values"):
+        check_data(torch.ones(3, 2, dtype=torch.complex64), "x", dtype=torch.float32)
 
 
 def test_diffusion_model_save_load_gives_bit_identical_samples(tmp_path, gen):
@@ -130,7 +262,7 @@ def test_diffusion_model_save_load_gives_bit_identical_samples(tmp_path, gen):
     back = ge.models.load(tmp_path / "d.pt", denoiser=ge.models.MLPDenoiser(2, hidden=16, depth=1))
     assert torch.equal(back.schedule.alphas_cumprod, sched.alphas_cumprod) and back.schedule.kind == "scaled_linear"
     for (k, a), (k2, b) in zip(m.state_dict().items(), back.state_dict().items()):
-        assert k == k2 and torch.equal(a, b)
+        assert k == k2 and (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), k  # extra state: plain data
     seed = int(torch.randint(0, 2**31, (1,), generator=gen))
     s1 = m.sample(5, steps=4, generator=torch.Generator().manual_seed(seed))
     s2 = back.sample(5, steps=4, generator=torch.Generator().manual_seed(seed))

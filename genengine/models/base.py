@@ -48,7 +48,8 @@ __all__ = ["GenerativeModel", "ModelFileError", "available", "load", "check_data
 
 LIKELIHOODS = ("exact", "lower_bound", "estimate", None)
 _FORMAT = "genengine-model"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the digest covers the class, configuration and modules too (1: the state only)
+_READABLE_VERSIONS = (1, 2)
 _REGISTRY: dict[str, type] = {}
 
 
@@ -108,11 +109,18 @@ class GenerativeModel(nn.Module):
                 config[k] = _plain(f"{type(self).__name__}({k}=...)", v)
         state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in self.state_dict().items()}
         doc = {"format": _FORMAT, "version": _FORMAT_VERSION, "class": type(self).__name__,
-               "config": config, "modules": modules, "state_dict": state,
-               "digest": _digest(state)}
+               "config": config, "modules": modules, "state_dict": state}
+        doc["digest"] = _digest_doc(doc)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"path: {os.fspath(path)!r} is a directory; expected a file name")
         tmp = f"{os.fspath(path)}.tmp-{os.getpid()}"
-        torch.save(doc, tmp)
-        os.replace(tmp, path)  # a crash mid-write never leaves a half-written file under `path`
+        try:
+            torch.save(doc, tmp)
+            os.replace(tmp, path)  # a crash mid-write never leaves a half-written file under `path`
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
     @classmethod
     def load(cls, path, *, map_location="cpu", **modules):
@@ -141,13 +149,38 @@ class GenerativeModel(nn.Module):
         return model
 
     def _load_saved_state(self, state):
-        """Loads a saved state dict; models whose buffers change shape when fitted override this
-        (e.g. to allocate them from the state's shapes first)."""
+        """Loads a saved state dict into a model rebuilt from the saved configuration: buffers fitted
+        to the data's shape and every tensor's dtype follow the file (a model saved after .double()
+        or .to(torch.bfloat16) loads bit for bit in that dtype, not cast to the default one). An
+        `_extra_state` entry that a file saved before it existed lacks keeps the rebuilt default."""
         own = self.state_dict()
+        saved = {v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and k in own}
+        mine = {v.dtype for k, v in own.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and k in state}
+        if len(saved) == 1 and len(mine) == 1 and saved != mine:
+            self.to(saved.pop())  # the whole model, so that its unsaved buffers follow too
+            own = self.state_dict()
         for k, v in state.items():
-            if isinstance(v, torch.Tensor) and k in own and isinstance(own[k], torch.Tensor) and own[k].shape != v.shape:
+            o = own.get(k)
+            if isinstance(v, torch.Tensor) and isinstance(o, torch.Tensor) and (o.shape != v.shape or o.dtype != v.dtype):
                 _resize_buffer(self, k, v)
-        self.load_state_dict(state, strict=True)
+        missing = [k for k in own if k not in state]
+        if missing and all(k.rsplit(".", 1)[-1] == "_extra_state" for k in missing):
+            result = self.load_state_dict(state, strict=False)
+            if result.unexpected_keys:
+                raise RuntimeError(f"unexpected key(s) in the saved state: {', '.join(result.unexpected_keys)}")
+        else:
+            self.load_state_dict(state, strict=True)
+
+    def load_state_dict(self, state_dict, strict=True, assign=False):
+        """nn.Module's, plus: a buffer that is still empty because this model is unfitted takes the
+        shape of the state's tensor (a fitted model's state dict loads into a fresh model of the
+        same configuration). Other shape mismatches raise as in torch."""
+        own = dict(self.named_buffers())
+        for k, v in state_dict.items():
+            b = own.get(k)
+            if isinstance(v, torch.Tensor) and b is not None and b.numel() == 0 and b.shape != v.shape:
+                _resize_buffer(self, k, v.to(b.dtype))
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def _recording_init(init):
@@ -217,17 +250,51 @@ def _plain(where, v):
     raise TypeError(f"{where}: a {type(v).__name__} argument cannot be saved; pass numbers, strings, tensors or networks")
 
 
+def _hash_tensor(h, t):
+    t = t.detach().cpu().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
 def _digest(state):
+    """Version 1's checksum: the state dict only."""
     h = hashlib.sha256()
     for k in sorted(state):
         v = state[k]
         h.update(k.encode())
         if isinstance(v, torch.Tensor):
-            t = v.detach().cpu().contiguous()
-            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            _hash_tensor(h, v)
         else:
             h.update(repr(v).encode())
+    return h.hexdigest()
+
+
+def _hash_value(h, v):
+    if isinstance(v, torch.Tensor):
+        h.update(b"T")
+        _hash_tensor(h, v)
+    elif isinstance(v, dict):
+        h.update(f"D{len(v)}".encode())
+        for k in sorted(v, key=repr):
+            h.update(repr(k).encode())
+            _hash_value(h, v[k])
+    elif isinstance(v, (list, tuple)):
+        h.update(f"{type(v).__name__}{len(v)}".encode())
+        for x in v:
+            _hash_value(h, x)
+    else:
+        h.update(f"{type(v).__name__}:{v!r};".encode())
+
+
+def _digest_doc(doc):
+    """Version 2's checksum: everything the model is rebuilt from (a flipped bit in a hyperparameter
+    is caught, not loaded as another model)."""
+    h = hashlib.sha256()
+    for key in ("class", "config", "modules"):
+        h.update(key.encode())
+        _hash_value(h, doc[key])
+    h.update(b"state_dict")
+    h.update(_digest(doc["state_dict"]).encode())
     return h.hexdigest()
 
 
@@ -238,7 +305,11 @@ def _read(path, map_location):
             raw = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"{where}: no such file") from None
-    if not zipfile.is_zipfile(io.BytesIO(raw)):
+    try:
+        is_zip = zipfile.is_zipfile(io.BytesIO(raw))
+    except Exception:  # a corrupted end-of-archive record raises instead of answering
+        is_zip = False
+    if not is_zip:
         raise ModelFileError(f"{where} is not a genengine model file (not a torch zip archive; truncated or foreign)")
     try:
         doc = torch.load(io.BytesIO(raw), map_location=map_location, weights_only=True)
@@ -246,13 +317,22 @@ def _read(path, map_location):
         raise ModelFileError(f"{where} cannot be read as a genengine model file (truncated or corrupted?): {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise ModelFileError(f"{where} is a torch file but not a genengine model file (saved by something else)")
-    if doc.get("version") != _FORMAT_VERSION:
-        raise ModelFileError(f"{where} has format version {doc.get('version')}; this genengine reads version {_FORMAT_VERSION}")
+    version = doc.get("version")
+    if version not in _READABLE_VERSIONS:
+        raise ModelFileError(f"{where} has format version {version!r}; this genengine reads versions "
+                             f"{', '.join(map(str, _READABLE_VERSIONS))}")
     for key in ("class", "config", "modules", "state_dict", "digest"):
         if key not in doc:
             raise ModelFileError(f"{where} lacks its {key!r} entry (corrupted)")
-    if _digest(doc["state_dict"]) != doc["digest"]:
-        raise ModelFileError(f"{where}: the stored parameters do not match their checksum (corrupted)")
+    if not isinstance(doc["state_dict"], dict) or not isinstance(doc["config"], dict) or not isinstance(doc["modules"], list):
+        raise ModelFileError(f"{where}: its entries have the wrong types (corrupted)")
+    try:
+        want = _digest(doc["state_dict"]) if version == 1 else _digest_doc(doc)
+    except Exception:
+        want = None
+    if want != doc["digest"]:
+        what = "parameters" if version == 1 else "configuration or parameters"
+        raise ModelFileError(f"{where}: the stored {what} do not match their checksum (corrupted)")
     return doc
 
 
@@ -284,7 +364,9 @@ def check_data(x, name="data", *, ndim=None, features=None, dtype=None, finite=T
             x = torch.as_tensor(x, dtype=dtype)
         except Exception:
             raise TypeError(f"{name}: expected a tensor or array, got {type(x).__name__}") from None
-    elif dtype is not None and x.dtype != dtype:
+    if x.is_complex():
+        raise TypeError(f"{name}: expected real values, got a {x.dtype} tensor (the imaginary part would be dropped)")
+    if dtype is not None and x.dtype != dtype:
         x = x.to(dtype)
     if ndim is not None:
         ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
