@@ -378,3 +378,49 @@ def test_toy_data_geometry(gen):
         data.ring_of_gaussians(5, std=-1.0)
     with pytest.raises(ValueError, match="modes"):
         data.ring_of_gaussians(5, modes=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite data, and the loss history through save/load
+
+
+def _tiny_model():
+    return DiffusionModel(MLPDenoiser(2, hidden=16, depth=1))
+
+
+def test_non_finite_data_raises_before_any_weight_changes(gen):
+    model = _tiny_model().fit(torch.randn(16, 2, generator=gen), epochs=1, progress=False, generator=gen)
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    x = torch.randn(16, 2, generator=gen)
+    x[5, 1] = float("nan")
+    with pytest.raises(ValueError, match="data: contains NaN or infinite values"):
+        model.fit(x, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"data: contains NaN or infinite values \(batch 0 of epoch 0\)"):
+        model.fit([x], epochs=1, progress=False)
+    # finite in float64 but inf in the float32 that training uses
+    with pytest.raises(ValueError, match="data: contains NaN or infinite values .*float32"):
+        model.fit(torch.full((16, 2), 1e300, dtype=torch.float64), epochs=1, progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert len(model.history) == 1
+    with pytest.raises(ValueError, match="data: contains NaN"):
+        _tiny_model().fit(torch.full((4, 2), float("inf")), epochs=1, progress=False)
+
+
+def test_history_survives_save_and_load(tmp_path, monkeypatch, gen):
+    model = _tiny_model().fit(torch.randn(16, 2, generator=gen), epochs=2, progress=False, generator=gen)
+    assert len(model.history) == 2
+    model.save(tmp_path / "model.pt")
+    again = DiffusionModel.load(tmp_path / "model.pt", denoiser=MLPDenoiser(2, hidden=16, depth=1))
+    assert again.history == model.history and again.sample_shape == (2,)
+    fresh = _tiny_model()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.history == model.history
+    # a file from before the history was saved (no extra state in its state dict) still loads
+    monkeypatch.setattr(DiffusionModel, "get_extra_state", torch.nn.Module.get_extra_state)
+    assert not any(k.endswith("_extra_state") for k in model.state_dict())
+    model.save(tmp_path / "old.pt")
+    monkeypatch.undo()
+    old = DiffusionModel.load(tmp_path / "old.pt", denoiser=MLPDenoiser(2, hidden=16, depth=1))
+    assert old.history == [] and old.sample_shape == (2,)
+    g = torch.Generator().manual_seed(1)
+    assert torch.equal(old.sample(4, steps=3, generator=g), model.sample(4, steps=3, generator=torch.Generator().manual_seed(1)))

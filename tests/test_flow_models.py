@@ -261,3 +261,85 @@ def test_maf_sampling_follows_parameter_changes_and_dtype_moves(gen):
     c = model.sample(4, generator=g())
     assert c.dtype == torch.float64
     torch.testing.assert_close(c, b.double(), rtol=1e-4, atol=1e-4)
+
+
+# ---- input checks: empty batches, dtypes, non-finite values, Glow's flattened latent ----------------
+
+@pytest.mark.parametrize("name", list(_families()))
+def test_an_empty_batch_gives_empty_results(name):
+    model = _families()[name]()
+    empty = torch.zeros(0, *model._event_shape())
+    with torch.no_grad():
+        assert model.log_prob(empty).shape == (0,)
+        z, logdet = model(empty)
+        x, logdet_inv = model.inverse(z)
+    assert logdet.shape == logdet_inv.shape == (0,) and x.shape == empty.shape
+
+
+@pytest.mark.parametrize("name", list(_families()))
+def test_inputs_are_converted_to_the_model_dtype(name, gen):
+    model = _perturb(_families()[name](), gen)
+    model.eval()
+    x = _data(model, 5, gen, torch.float64)
+    with torch.no_grad():
+        from_float64 = model.log_prob(x)
+        assert from_float64.dtype == torch.float32
+        assert torch.equal(from_float64, model.log_prob(x.float()))
+        model.double()
+        # a list is built in the model's dtype, not rounded through float32 on the way
+        assert torch.equal(model.log_prob(x.tolist()), model.log_prob(x))
+    # converting complex values to the model's dtype would drop their imaginary part
+    for complex_x in (x.to(torch.complex128), x.numpy().astype(complex)):
+        with pytest.raises(TypeError, match="x: expected real values"):
+            model.log_prob(complex_x)
+
+
+@pytest.mark.parametrize("name", ["MAF", "NSF-autoregressive", "RealNVP"])
+def test_a_float64_conditional_flow_takes_float64_context(name, gen):
+    model = _perturb(_families(2)[name]().double(), gen)
+    model.eval()
+    x = _data(model, 4, gen, torch.float64)
+    context = torch.randn(4, 2, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        z, _ = model(x, context)
+        back, _ = model.inverse(z, context)
+    assert z.dtype == back.dtype == torch.float64
+    torch.testing.assert_close(back, x, rtol=1e-9, atol=1e-9)
+    assert model.log_prob(x, context).dtype == torch.float64
+    assert model.sample(3, context=context[0], generator=torch.Generator().manual_seed(0)).dtype == torch.float64
+    with pytest.raises(TypeError, match="context: expected real values"):
+        model.log_prob(x, context.to(torch.complex128))
+
+
+@pytest.mark.parametrize("name", list(_families()))
+def test_non_finite_inputs_raise_before_anything_changes(name, gen):
+    model = _families()[name]()
+    x = _data(model, 8, gen)
+    nan_x = x.clone()
+    nan_x.view(8, -1)[3, 0] = float("nan")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for call in (model.log_prob, model.forward):
+        with pytest.raises(ValueError, match="x: contains NaN or infinite values"):
+            call(nan_x)
+    with pytest.raises(ValueError, match="z: contains NaN"):
+        model.inverse(nan_x)
+    with pytest.raises(ValueError, match="data: contains NaN"):
+        model.fit(nan_x, epochs=1, progress=False)
+    # float64 values that a float32 model cannot hold would become inf there
+    with pytest.raises(ValueError, match="x: contains NaN or infinite values .*float64"):
+        model.log_prob(torch.full_like(x, 1e300, dtype=torch.float64))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    conditional = _families(2)[name]()
+    with pytest.raises(ValueError, match="context: contains NaN"):
+        conditional.log_prob(x, torch.full((8, 2), float("inf")))
+
+
+def test_glow_inverse_checks_the_size_of_a_flattened_latent(gen):
+    glow = ge.models.Glow((1, 4, 4), levels=1, steps=1, hidden=8)
+    with pytest.raises(ValueError, match=r"z: expected shape \(N, 16\)"):
+        glow.inverse(torch.randn(2, 15, generator=gen))
+    z = torch.randn(2, 16, generator=gen)
+    with torch.no_grad():
+        from_list, _ = glow.inverse(z.tolist())
+        flat, _ = glow.inverse(z)
+    assert flat.shape == (2, 1, 4, 4) and torch.equal(from_list, flat)

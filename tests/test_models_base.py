@@ -115,16 +115,18 @@ class _Counted(_Gauss):
     def __init__(self, dim):
         super().__init__(dim)
         self.fits_ = 0
+        self.chain_ = torch.zeros(3000)  # a tensor in extra state: repr would print only its ends
 
     def fit(self, data, **kw):
         self.fits_ += 1
         return super().fit(data, **kw)
 
     def get_extra_state(self):
-        return {"fits_": self.fits_}
+        return {"fits_": self.fits_, "chain_": self.chain_}
 
     def set_extra_state(self, state):
         self.fits_ = int(state["fits_"])
+        self.chain_ = state["chain_"]
 
 
 def _rewrite(path, out, edit, *, version=None):
@@ -168,6 +170,12 @@ def test_checksum_covers_the_configuration_and_old_files_still_load(tmp_path, ge
     old = _rewrite(tmp_path / "c.pt", tmp_path / "c_old.pt", lambda d: d["state_dict"].pop("_extra_state"))
     back = _Counted.load(old)
     assert back.fits_ == 0 and torch.equal(back.mean, c.mean)
+    # a changed number in the middle of a tensor inside extra state is caught
+    doc = torch.load(tmp_path / "c.pt", weights_only=True)
+    doc["state_dict"]["_extra_state"]["chain_"][1500] = 1.0
+    torch.save(doc, tmp_path / "c_chain.pt")
+    with pytest.raises(ModelFileError, match="checksum"):
+        _Counted.load(tmp_path / "c_chain.pt")
     # but a missing parameter is still an error
     bad = _rewrite(tmp_path / "c.pt", tmp_path / "c_bad.pt", lambda d: d["state_dict"].pop("mean"))
     with pytest.raises(RuntimeError, match="mean"):
@@ -250,6 +258,11 @@ def test_check_data_errors():
         check_data(object(), "x")
     with pytest.raises(TypeError, match="x: expected real values"):
         check_data(torch.ones(3, 2, dtype=torch.complex64), "x", dtype=torch.float32)
+    import numpy as np
+
+    with pytest.raises(TypeError, match="x: expected real values"):
+        check_data(np.ones((3, 2)) * (1 + 2j), "x", dtype=torch.float32)
+    assert check_data([[0.1, 0.2]], "x", dtype=torch.float64).tolist() == [[0.1, 0.2]]  # float64 digits kept
 
 
 def test_diffusion_model_save_load_gives_bit_identical_samples(tmp_path, gen):

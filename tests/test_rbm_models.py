@@ -228,3 +228,89 @@ def test_ebm_fit_by_persistent_contrastive_divergence(gen):
     assert abs(float(s.std(0).mean()) - 0.5) < 0.15
     assert len(ebm._buffer) == 2000  # the replay buffer holds the persistent chains
     assert math.isfinite(ebm.energy(s).detach().mean().item())
+
+
+def test_ebm_save_load_keeps_fitted_sample_shape_and_replay_buffer(tmp_path, gen):
+    ebm = ge.models.EBM(_Quadratic(2), buffer_size=50)  # sample_shape left to fit()
+    ebm.fit(torch.randn(40, 2, generator=gen), epochs=1, batch_size=20, steps=2, progress=False, generator=gen)
+    path = tmp_path / "ebm.pt"
+    ebm.save(path)
+    net = _Quadratic(2)
+    loaded = ge.models.EBM.load(path, energy_net=net)
+    assert loaded.sample_shape == (2,)
+    assert len(loaded._buffer) == len(ebm._buffer) == 40
+    assert torch.equal(torch.stack(list(loaded._buffer)), torch.stack(list(ebm._buffer)))
+    # drawn from the replay buffer, the loaded model's samples are the original's
+    a = ebm.sample(6, steps=2, replay_buffer=False, generator=torch.Generator().manual_seed(1))
+    b = loaded.sample(6, steps=2, replay_buffer=False, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_ebm_rejects_negative_steps_and_keeps_frozen_parameters_frozen():
+    net = nn.Sequential(nn.Linear(2, 4), nn.SiLU(), nn.Linear(4, 1))
+    net[0].weight.requires_grad_(False)  # the user freezes one tensor
+    ebm = ge.models.EBM(net, sample_shape=(2,), buffer_size=0)
+    for call in (lambda: ebm.sample(3, steps=-5), lambda: ebm.langevin(torch.zeros(3, 2), steps=-1),
+                 lambda: ebm.fit(torch.zeros(4, 2), steps=-2, progress=False)):
+        with pytest.raises(ValueError, match="steps"):
+            call()
+    assert ebm.sample(3, steps=0, init=torch.ones(3, 2)).eq(1).all()  # no step: the start itself
+    ebm.sample(3, steps=2)
+    assert [p.requires_grad for p in net.parameters()] == [False, True, True, True]
+
+
+def test_boltzmann_machine_is_defined_by_its_masked_couplings(gen):
+    edges = [(0, 1), (1, 2)]
+    bm = ge.models.BoltzmannMachine(3, edges=edges)
+    masked = ge.models.BoltzmannMachine(3, edges=edges)
+    full = torch.randn(3, 3, generator=gen)
+    full = (full + full.t()).fill_diagonal_(0.0)  # entries off the edge set, e.g. from load_state_dict
+    bm.W.data.copy_(full)
+    masked.W.data.copy_(full * masked.mask)
+    bm.bias.data = masked.bias.data = torch.randn(3, generator=gen)
+    states = _states(3).float()
+    assert torch.equal(bm.log_prob(states), masked.log_prob(states))
+    assert torch.equal(bm.energy(states), masked.energy(states))
+    a = bm.sample(50, sweeps=3, generator=torch.Generator().manual_seed(2))
+    b = masked.sample(50, sweeps=3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    data = (torch.rand(40, 3, generator=gen) < 0.5).float()
+    bm.fit(data, epochs=2, batch_size=20, n_chains=10, progress=False, generator=torch.Generator().manual_seed(4))
+    masked.fit(data, epochs=2, batch_size=20, n_chains=10, progress=False, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(bm.W * bm.mask, masked.W)
+
+
+def test_log_prob_of_binary_units_rejects_non_binary_states():
+    bm = ge.models.BoltzmannMachine(3, edges=[(0, 1)])
+    rbm = ge.models.RBM(3, 2)
+    for model in (bm, rbm):
+        for x in ([[0.5, 0.5, 0.5]], [[2.0, -1.0, 3.0]]):
+            with pytest.raises(ValueError, match="x"):
+                model.log_prob(torch.tensor(x))
+        assert model.log_prob(torch.tensor([[0.0, 1.0, 1.0]])).item() < 0
+    # Gaussian visible units take any real value: a density, not a mass
+    assert torch.isfinite(ge.models.RBM(3, 2, visible="gaussian").log_prob(torch.tensor([[0.5, -2.0, 3.0]]))).all()
+
+
+def test_boltzmann_machine_sample_checks_init():
+    bm = ge.models.BoltzmannMachine(3)
+    with pytest.raises(ValueError, match="init"):
+        bm.sample(2, init=torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="init"):
+        bm.sample(2, init=torch.full((2, 3), 0.5))
+    init = torch.ones(4, 3)
+    out = bm.sample(4, sweeps=2, init=init, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3) and torch.equal(init, torch.ones(4, 3))  # the caller's tensor is untouched
+
+
+def test_boltzmann_machine_save_load_keeps_the_persistent_chains(tmp_path, gen):
+    data = (torch.rand(60, 4, generator=gen) < 0.5).float()
+    bm = ge.models.BoltzmannMachine(4).fit(data, epochs=1, batch_size=30, n_chains=16, progress=False, generator=gen)
+    path = tmp_path / "bm.pt"
+    bm.save(path)
+    loaded = ge.models.load(path)
+    assert torch.equal(loaded._chain, bm._chain)
+    # training resumes from the same chains: the same updates
+    for m in (bm, loaded):
+        m.fit(data, epochs=1, batch_size=30, n_chains=16, progress=False, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(loaded.W, bm.W) and torch.equal(loaded.bias, bm.bias)

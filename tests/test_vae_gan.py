@@ -121,8 +121,9 @@ def test_vae_save_load_and_sampling(tmp_path, gen):
     with pytest.raises(TypeError, match="encoder"):
         ge.models.VAE.load(tmp_path / "vae.pt")
     back = ge.models.VAE.load(tmp_path / "vae.pt", encoder=_mlp(16, 64, 8), decoder=_mlp(4, 64, 16))
-    for a, b in zip(vae.state_dict().values(), back.state_dict().values()):
-        assert torch.equal(a, b)
+    for (ka, a), (kb, b) in zip(vae.state_dict().items(), back.state_dict().items()):
+        assert ka == kb
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b  # the extra state: plain Python
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     assert torch.equal(vae.sample(10, generator=g1), back.sample(10, generator=g2))
     x = (torch.rand(4, 16, generator=gen) > 0.5).float()
@@ -261,3 +262,52 @@ def test_gan_fit_ema_leaves_the_average_of_the_generator_steps(gen):
     for bad in (1.0, -0.1, True):
         with pytest.raises(ValueError, match="ema: expected None or a decay"):
             ema.fit(x, epochs=1, ema=bad, progress=False)
+
+
+# ---- empty data and the training history through save/load --------------------------------------
+
+def _tiny_vae():
+    return ge.models.VAE(nn.Linear(3, 4), nn.Linear(2, 3), 2)
+
+
+def _tiny_gan():
+    return ge.models.GAN(nn.Linear(2, 3), nn.Linear(3, 1), 2)
+
+
+@pytest.mark.parametrize("make", [_tiny_vae, _tiny_gan], ids=["VAE", "GAN"])
+def test_fit_on_empty_data_raises_instead_of_recording_losses(make):
+    model = make()
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match="data: expected at least 1 sample"):
+        model.fit(torch.rand(0, 3), epochs=2, progress=False)
+    with pytest.raises(ValueError, match="data batch: expected at least 1 sample"):
+        model.fit([torch.rand(0, 3)], epochs=1, progress=False)
+    with pytest.raises(ValueError, match="data: epoch 0 yielded no batches"):
+        model.fit([], epochs=1, progress=False)
+    assert model.history_ == []
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # an iterator is used up by the first epoch: the second must not be recorded as a loss of 0
+    with pytest.raises(ValueError, match="data: epoch 1 yielded no batches"):
+        model.fit(iter([torch.rand(4, 3)]), epochs=2, progress=False)
+    assert len(model.history_) == 1
+
+
+@pytest.mark.parametrize("make,nets", [(_tiny_vae, ("encoder", "decoder")), (_tiny_gan, ("generator", "discriminator"))],
+                         ids=["VAE", "GAN"])
+def test_history_survives_save_and_load(make, nets, tmp_path, monkeypatch):
+    model = make().fit(torch.rand(8, 3), epochs=2, batch_size=4, progress=False)
+    assert len(model.history_) == 2
+    model.save(tmp_path / "model.pt")
+    again = type(model).load(tmp_path / "model.pt", **{n: getattr(make(), n) for n in nets})
+    assert again.history_ == model.history_
+    fresh = make()
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.history_ == model.history_
+    # a file from before the history was saved (no extra state in its state dict) still loads
+    monkeypatch.setattr(type(model), "get_extra_state", nn.Module.get_extra_state)
+    assert not any(k.endswith("_extra_state") for k in model.state_dict())
+    model.save(tmp_path / "old.pt")
+    monkeypatch.undo()
+    old = type(model).load(tmp_path / "old.pt", **{n: getattr(make(), n) for n in nets})
+    assert old.history_ == []
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in old.state_dict().items() if isinstance(v, torch.Tensor))

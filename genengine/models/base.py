@@ -27,12 +27,13 @@ The protocol:
   ModelFileError before any parameter is touched; a loaded model has bit-identical parameters.
 
 Subclasses that keep fitted state outside parameters and buffers (Python numbers, flags) should
-register it as buffers, or override `get_extra_state`/`set_extra_state` (nn.Module's hook, part of
-the state dict) so that save/load keeps it.
+register it as buffers, list it in `FitRecord`'s `_fit_record`, or override `get_extra_state`/
+`set_extra_state` (nn.Module's hook, part of the state dict) so that save/load keeps it.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import inspect
@@ -44,7 +45,7 @@ import zipfile
 import torch
 from torch import nn
 
-__all__ = ["GenerativeModel", "ModelFileError", "available", "load", "check_data", "LIKELIHOODS"]
+__all__ = ["GenerativeModel", "FitRecord", "ModelFileError", "available", "load", "check_data", "LIKELIHOODS"]
 
 LIKELIHOODS = ("exact", "lower_bound", "estimate", None)
 _FORMAT = "genengine-model"
@@ -183,6 +184,34 @@ class GenerativeModel(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+class FitRecord:
+    """Mixin (before GenerativeModel in the bases) for families whose fit leaves plain-Python results:
+    `_fit_record` maps each attribute (an iteration count, a loss history) to its unfitted default.
+    They travel in the state dict as nn.Module extra state, so save/load and load_state_dict keep
+    them; a state dict from before a family kept them (no `_extra_state` entry) loads, strictly too,
+    and resets them to the defaults (a model never shows a record its state did not hold)."""
+
+    _fit_record: dict = {}
+
+    def get_extra_state(self):
+        return {k: copy.deepcopy(getattr(self, k)) for k in self._fit_record}
+
+    def set_extra_state(self, state):
+        state = state if isinstance(state, dict) else {}
+        for k, default in self._fit_record.items():
+            setattr(self, k, copy.deepcopy(state.get(k, default)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        key = prefix + "_extra_state"
+        if key not in state_dict:
+            if key in missing_keys:
+                missing_keys.remove(key)
+            self.set_extra_state({})
+
+
 def _recording_init(init):
     sig = inspect.signature(init)
 
@@ -294,7 +323,7 @@ def _digest_doc(doc):
         h.update(key.encode())
         _hash_value(h, doc[key])
     h.update(b"state_dict")
-    h.update(_digest(doc["state_dict"]).encode())
+    _hash_value(h, doc["state_dict"])  # every tensor whole, also inside extra state (repr abbreviates)
     return h.hexdigest()
 
 
@@ -361,9 +390,12 @@ def check_data(x, name="data", *, ndim=None, features=None, dtype=None, finite=T
     (converted to `dtype` when one is given and x is floating point or not a tensor)."""
     if not isinstance(x, torch.Tensor):
         try:
-            x = torch.as_tensor(x, dtype=dtype)
+            t = torch.as_tensor(x)
+            if dtype is not None and not t.is_complex():
+                t = torch.as_tensor(x, dtype=dtype)  # from the source: a list of floats keeps float64 digits
         except Exception:
             raise TypeError(f"{name}: expected a tensor or array, got {type(x).__name__}") from None
+        x = t
     if x.is_complex():
         raise TypeError(f"{name}: expected real values, got a {x.dtype} tensor (the imaginary part would be dropped)")
     if dtype is not None and x.dtype != dtype:

@@ -14,7 +14,8 @@ unconditional branch. The denoiser is called as denoiser(x, t, cond) with t (B,)
 Training: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with t uniform over the training steps, and
 the mean squared error against eps ("epsilon"), v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 ("v") or
 x0 ("x0"). An exponential moving average (EMA) of the weights is kept in `ema_denoiser` and used for
-sampling; it is part of the state dict, as are the schedule's betas and the sample shape.
+sampling; it is part of the state dict, as are the schedule's betas, the sample shape and the
+loss history (extra state).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 
 from .._checks import positive_int as _positive_int
 from .._progress import Progress
-from .base import GenerativeModel
+from .base import FitRecord, GenerativeModel
 
 __all__ = ["DiffusionModel"]
 
@@ -52,7 +53,7 @@ def _real(name, v, lo, hi, lo_open=False, hi_open=False):
     return v
 
 
-class DiffusionModel(GenerativeModel):
+class DiffusionModel(FitRecord, GenerativeModel):
     """A diffusion model around a denoiser (e.g. genengine.models.UNet or MLPDenoiser).
 
     DiffusionModel(denoiser, schedule=None, *, prediction="epsilon", sample_shape=None, num_classes=None,
@@ -65,6 +66,8 @@ class DiffusionModel(GenerativeModel):
 
     fit(data, ...) trains and returns self; sample(n, ...) draws (n, *sample_shape) samples.
     """
+
+    _fit_record = {"history": []}  # plain-Python fit results (FitRecord)
 
     def __init__(self, denoiser: nn.Module, schedule=None, *, prediction: str = "epsilon", sample_shape=None,
                  num_classes: int | None = None, cond_drop_prob: float = 0.1):
@@ -146,7 +149,8 @@ class DiffusionModel(GenerativeModel):
         """The shape of one sample, or None before fit (when not given to the constructor)."""
         return tuple(int(s) for s in self._sample_shape.tolist()) if self._has_shape else None
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         key = prefix + "_sample_shape"
         if key in state_dict:
             incoming = tuple(int(s) for s in state_dict[key].tolist())
@@ -164,7 +168,8 @@ class DiffusionModel(GenerativeModel):
                     "state_dict: its noise schedule (betas) differs from this model's schedule; build the model with the "
                     "schedule it was trained with"
                 )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -201,6 +206,12 @@ class DiffusionModel(GenerativeModel):
             raise TypeError(f"data: expected floating-point samples, got {x.dtype}{where}")
         if x.dim() < 2 or x.shape[0] == 0:
             raise ValueError(f"data: expected a batch of shape (N, *sample_shape) with N > 0, got {tuple(x.shape)}{where}")
+        # before any weight changes: one NaN would turn every weight into NaN; float64 data is checked as
+        # the float32 it is trained in (values beyond float32's range become inf)
+        wide = x.dtype == torch.float64
+        if not bool(torch.isfinite(x.float() if wide else x).all()):
+            raise ValueError("data: contains NaN or infinite values" + (" (once converted to float32, the dtype "
+                             "training uses)" if wide else "") + where)
         shape = tuple(x.shape[1:])
         if not self._has_shape:
             self._set_sample_shape(shape)

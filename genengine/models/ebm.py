@@ -83,8 +83,13 @@ class EBM(GenerativeModel):
 
     def langevin(self, x, *, steps=60, step_size=0.01, noise_scale=None, generator=None):
         """`steps` Langevin steps from x (a new tensor is returned; the network's gradients are untouched)."""
+        _check_steps(steps)
         ns = self.noise_scale if noise_scale is None else noise_scale
-        for p in self.energy_net.parameters():
+        # only dE/dx is needed: freeze the network meanwhile, then give each parameter back its own flag
+        # (the user may have frozen some of them)
+        params = list(self.energy_net.parameters())
+        trainable = [p.requires_grad for p in params]
+        for p in params:
             p.requires_grad_(False)
         try:
             for _ in range(steps):
@@ -94,8 +99,8 @@ class EBM(GenerativeModel):
                 x = ops.langevin_step(x.detach(), grad, step_size, noise_scale=ns, clamp=self.clamp, generator=generator,
                                       backend=self.backend)
         finally:
-            for p in self.energy_net.parameters():
-                p.requires_grad_(True)
+            for p, flag in zip(params, trainable):
+                p.requires_grad_(flag)
         return x
 
     def sample(self, n, *, generator=None, steps=60, step_size=0.01, init="buffer", replay_buffer=True, noise_scale=None):
@@ -104,6 +109,7 @@ class EBM(GenerativeModel):
         replay_buffer=True stores the results in the buffer (persistent chains across calls)."""
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"n: expected a positive int, got {n!r}")
+        _check_steps(steps)
         x = self._init(n, init, replay_buffer, generator)
         x = self.langevin(x, steps=steps, step_size=step_size, noise_scale=noise_scale, generator=generator)
         if replay_buffer and self._buffer is not None:
@@ -116,6 +122,7 @@ class EBM(GenerativeModel):
         replay buffer; loss = mean E(data) - mean E(negatives) + alpha (mean E(data)^2 + mean E(negatives)^2)
         (the regulariser keeps energies near 0), Adam. callback(model, {"epoch", "loss", "energy_gap"})."""
         x = check_data(data, "data", dtype=torch.float32, min_rows=1)
+        _check_steps(steps)
         if self.sample_shape is None:
             self.sample_shape = tuple(x.shape[1:])
         elif tuple(x.shape[1:]) != self.sample_shape:
@@ -148,3 +155,24 @@ class EBM(GenerativeModel):
         finally:
             bar.close()
         return self
+
+    # fit() derives sample_shape and fills the replay buffer: both are fitted state that save/load must keep
+    def get_extra_state(self):
+        buffer = torch.stack(list(self._buffer)) if self._buffer else None
+        return {"sample_shape": list(self.sample_shape) if self.sample_shape is not None else None, "buffer": buffer}
+
+    def set_extra_state(self, state):
+        state = state if isinstance(state, dict) else {}  # tolerate files written before this state existed
+        shape = state.get("sample_shape")
+        if shape is not None:
+            self.sample_shape = tuple(int(d) for d in shape)
+        if self._buffer is not None:
+            self._buffer.clear()
+            buffer = state.get("buffer")
+            if buffer is not None:
+                self._buffer.extend(buffer.detach().cpu().unbind(0))
+
+
+def _check_steps(steps):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps: expected an int >= 0, got {steps!r}")

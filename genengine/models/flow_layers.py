@@ -470,4 +470,5 @@ class AutoregressiveSpline(_Autoregressive):
 
 def standard_normal_logp(z):
     """Sum over all but the first dim of the standard normal log-density."""
-    return -0.5 * (z * z).flatten(1).sum(-1) - 0.5 * math.log(2 * math.pi) * z[0].numel()
+    # the event size from the shape, not from z[0]: an empty batch has no first row
+    return -0.5 * (z * z).flatten(1).sum(-1) - 0.5 * math.log(2 * math.pi) * math.prod(z.shape[1:])

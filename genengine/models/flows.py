@@ -63,13 +63,31 @@ class _Flow(GenerativeModel):
     def _event_shape(self):
         return (self.features,)
 
+    def _dtype(self):
+        return next((p.dtype for p in self.parameters() if p.is_floating_point()), torch.float32)
+
+    def _as_tensor(self, v, name, **checks):
+        """check_data on v, which then goes to the model's dtype and device. A list is built in the model's
+        dtype directly (a float32 detour would round float64 data); tensors and arrays keep theirs
+        until check_data has seen it (a complex one raises, rather than losing its imaginary part)."""
+        dtype = self._dtype()
+        v = check_data(v, name, dtype=None if hasattr(v, "dtype") else dtype, finite=False, min_rows=0, **checks)
+        return v.to(device=self.device, dtype=dtype)
+
     def _check_x(self, x, name="x"):
+        """x on the model's device in the model's dtype (as PPCA and PixelCNN convert their inputs); NaN
+        or inf raise, as in the other families, instead of coming back as a NaN log-density. An empty
+        batch is allowed (an empty result)."""
         shape = self._event_shape()
-        x = check_data(x, name, ndim=1 + len(shape), dtype=torch.float32 if not torch.is_tensor(x) or
-                       x.dtype not in (torch.float32, torch.float64) else None, finite=False, min_rows=0)
+        given = x.dtype if torch.is_tensor(x) else None
+        x = self._as_tensor(x, name, ndim=1 + len(shape))
         if tuple(x.shape[1:]) != shape:
             raise ValueError(f"{name}: expected shape (N, {', '.join(map(str, shape))}), got {tuple(x.shape)}")
-        return x.to(self.device)
+        # checked after the conversion: float64 values beyond a float32 model's range become inf there
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name}: contains NaN or infinite values" + (
+                f" (once converted from {given} to the model's {x.dtype})" if given not in (None, x.dtype) else ""))
+        return x
 
     def _check_context(self, context, n):
         if self.context_features == 0:
@@ -79,7 +97,7 @@ class _Flow(GenerativeModel):
         if context is None:
             raise ValueError(f"context: this {type(self).__name__} is conditional; pass context of shape "
                              f"(N, {self.context_features})")
-        context = torch.as_tensor(context, dtype=torch.float32, device=self.device)
+        context = self._as_tensor(context, "context")  # the model's dtype, like x
         if context.dim() == 1:
             context = context.unsqueeze(0)
         if context.dim() != 2 or context.shape[1] != self.context_features:
@@ -88,6 +106,8 @@ class _Flow(GenerativeModel):
             context = context.expand(n, -1)
         if context.shape[0] != n:
             raise ValueError(f"context: expected {n} rows (one per sample), got {context.shape[0]}")
+        if not bool(torch.isfinite(context).all()):
+            raise ValueError("context: contains NaN or infinite values")
         return context
 
     def forward(self, x, context=None):
@@ -101,7 +121,12 @@ class _Flow(GenerativeModel):
         return self.flow.inverse(z, self._check_context(context, z.shape[0]))
 
     def log_prob(self, x, context=None):
-        z, logdet = self.forward(x, context)
+        x = self._check_x(x)
+        return self._log_prob(x, self._check_context(context, x.shape[0]))
+
+    def _log_prob(self, x, context):
+        """log_prob on checked x and context (fit's batches were checked once, as a whole)."""
+        z, logdet = self.flow(x, context)
         return standard_normal_logp(z) + logdet
 
     @torch.no_grad()
@@ -116,8 +141,7 @@ class _Flow(GenerativeModel):
         dev = self.device
         seed, offset = ops.draw_key(generator, dev)
         z = ops.philox_normal(n * math.prod(shape), seed, offset, device=dev).view(n, *shape)
-        dtype = next((p.dtype for p in self.parameters() if p.is_floating_point()), z.dtype)
-        z = z.to(dtype)  # a float64 model samples in float64 (the same float32 normals, widened)
+        z = z.to(self._dtype())  # a float64 model samples in float64 (the same float32 normals, widened)
         if temperature != 1.0:
             z = z * float(temperature)
         was = self.training
@@ -132,7 +156,8 @@ class _Flow(GenerativeModel):
             progress=True, callback=None, generator=None):
         """Maximum likelihood with Adam; returns self. callback(model, {"epoch", "loss"}) -> True stops."""
         x = self._check_x(data, "data")
-        check_data(x, "data", min_rows=1)
+        if x.shape[0] == 0:
+            raise ValueError("data: expected at least 1 sample, got 0")
         ctx = self._check_context(context, x.shape[0])
         epochs = _positive_int("epochs", epochs)
         batch_size = _positive_int("batch_size", batch_size)
@@ -161,7 +186,7 @@ class _Flow(GenerativeModel):
                 for s in range(steps):
                     idx = perm[s * batch_size:(s + 1) * batch_size]
                     c = ctx[idx] if ctx is not None else None
-                    loss = -self.log_prob(x[idx], c).mean()
+                    loss = -self._log_prob(x[idx], c).mean()
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if grad_clip:
@@ -305,11 +330,11 @@ class Glow(_Flow):
         return self.shape
 
     def inverse(self, z, context=None):
-        z = torch.as_tensor(z, device=self.device)
+        z = self._as_tensor(z, "z")
         if z.dim() == 2:
-            z = z.view(z.shape[0], *self.shape)
+            # the flattened form forward() returns; its size is checked here, before the reshape
+            if z.shape[1] != self.features:
+                raise ValueError(f"z: expected shape (N, {self.features}) (flattened) or (N, "
+                                 f"{', '.join(map(str, self.shape))}), got {tuple(z.shape)}")
+            z = z.reshape(z.shape[0], *self.shape)
         return super().inverse(z, context)
-
-    def log_prob(self, x, context=None):
-        z, logdet = self.forward(x, context)
-        return standard_normal_logp(z) + logdet

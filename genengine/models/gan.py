@@ -31,7 +31,7 @@ from torch import nn
 from .. import ops
 from .._checks import positive_int
 from .._progress import Progress
-from .base import GenerativeModel
+from .base import FitRecord, GenerativeModel
 
 __all__ = ["GAN"]
 
@@ -44,8 +44,10 @@ def _nonneg(name, v):
     return float(v)
 
 
-class GAN(GenerativeModel):
+class GAN(FitRecord, GenerativeModel):
     """A GAN over generator/discriminator networks (see the module docstring)."""
+
+    _fit_record = {"history_": []}  # plain-Python fit results (FitRecord)
 
     likelihood = None
 
@@ -144,6 +146,8 @@ class GAN(GenerativeModel):
             raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
         if isinstance(data, torch.Tensor):
             data = self._check(data, "data")
+            if data.shape[0] == 0:  # nothing to train on: an error, not an epoch with losses of 0
+                raise ValueError(f"data: expected at least 1 sample, got shape {tuple(data.shape)}")
             total = epochs * math.ceil(data.shape[0] / batch_size)
         else:
             if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
@@ -162,7 +166,7 @@ class GAN(GenerativeModel):
                     perm = torch.randperm(data.shape[0], generator=generator).to(data.device)
                     batches = (data[perm[i:i + batch_size]] for i in range(0, data.shape[0], batch_size))
                 else:
-                    batches = (self._check(b[0] if isinstance(b, (tuple, list)) else b, "data batch") for b in data)
+                    batches = (self._check_batch(b) for b in data)
                 ds, gs, c = 0.0, 0.0, 0
                 for real in batches:
                     n = real.shape[0]
@@ -182,7 +186,10 @@ class GAN(GenerativeModel):
                             torch._foreach_lerp_(averaged, [p.detach() for p in g_params], 1.0 - ema)
                     ds, gs, c = ds + float(d_loss.detach()), gs + float(g_loss.detach()), c + 1
                     bar.update(1, d=f"{ds / c:.3f}", g=f"{gs / c:.3f}")
-                self.history_.append({"epoch": epoch, "d_loss": ds / max(c, 1), "g_loss": gs / max(c, 1)})
+                if c == 0:
+                    raise ValueError(f"data: epoch {epoch} yielded no batches (an iterator is used up after one pass; "
+                                     "pass a DataLoader, a list or a tensor)")
+                self.history_.append({"epoch": epoch, "d_loss": ds / c, "g_loss": gs / c})
                 if callback is not None and callback(self, dict(self.history_[-1])):
                     break
         finally:
@@ -193,6 +200,12 @@ class GAN(GenerativeModel):
                     for p, a in zip(g_params, averaged):
                         p.copy_(a)
         return self
+
+    def _check_batch(self, b):
+        xb = self._check(b[0] if isinstance(b, (tuple, list)) else b, "data batch")
+        if xb.shape[0] == 0:  # its losses' means would be NaN
+            raise ValueError(f"data batch: expected at least 1 sample, got shape {tuple(xb.shape)}")
+        return xb
 
     def _check(self, x, name):
         if not isinstance(x, torch.Tensor):

@@ -35,7 +35,7 @@ import torch
 from .. import _backends, ops
 from .._checks import positive_int
 from .._progress import Progress
-from .base import GenerativeModel
+from .base import FitRecord, GenerativeModel
 
 __all__ = ["HMM"]
 
@@ -52,7 +52,7 @@ def _as_tensor(name, v, dtype):
         raise TypeError(f"{name}: expected a tensor or array, got {type(v).__name__}") from None
 
 
-class HMM(GenerativeModel):
+class HMM(FitRecord, GenerativeModel):
     """A hidden Markov model with `n_states` states and Gaussian or categorical emissions (see the
     module docstring for layouts, parameter names and what differs from hmmlearn).
 
@@ -65,6 +65,8 @@ class HMM(GenerativeModel):
         emission probabilities).
     dtype: float64 (default, as hmmlearn) or float32. backend: for the recursions (genengine.ops.hmm).
     """
+
+    _fit_record = {"n_iter_": 0, "converged_": False, "history_": []}  # plain-Python fit results (FitRecord)
 
     likelihood = "exact"
 

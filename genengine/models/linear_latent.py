@@ -32,12 +32,14 @@ import torch
 from .. import ops
 from .._checks import positive_int
 from .._progress import Progress
-from .base import GenerativeModel, check_data
+from .base import FitRecord, GenerativeModel, check_data
 
 __all__ = ["PPCA", "FactorAnalysis"]
 
 
-class _LinearGaussian(GenerativeModel):
+class _LinearGaussian(FitRecord, GenerativeModel):
+    _fit_record = {"n_iter_": 0, "converged_": False, "history_": []}  # plain-Python fit results (FitRecord)
+
     abstract = True
     likelihood = "exact"
 
@@ -184,7 +186,8 @@ class PPCA(_LinearGaussian):
             self.components_, self.noise_variance_ = _ppca_closed_form(s, self.n_components, self.min_noise)
             return
         self.components_ = (self._random_w(d) * s.diagonal().mean().sqrt()).T.contiguous()
-        self.noise_variance_ = s.diagonal().mean().clone()
+        # floored as every EM step floors it: zero-variance data would make M = W^T W + s2 I singular
+        self.noise_variance_ = s.diagonal().mean().clamp(min=self.min_noise)
 
     def _em_step(self, s):
         if self.method == "closed_form":

@@ -370,7 +370,7 @@ class GaussianNB(_BaseNB):
         idx = self._sample_classes(n, y, generator)
         seed, off = rng.draw_key(generator)
         z = rng.philox_normal(n * self.n_features_in_, seed, off).to(device=self.theta_.device, dtype=F64)
-        x = self.theta_[idx] + self.var_[idx].sqrt() * z.reshape(n, -1)
+        x = self.theta_[idx] + self.var_[idx].sqrt() * z.reshape(n, self.n_features_in_)  # not -1: n may be 0
         return self._finish_sample(x, idx, return_labels)
 
 
@@ -584,5 +584,5 @@ class BernoulliNB(_DiscreteNB):
         idx = self._sample_classes(n, y, generator)
         seed, off = rng.draw_key(generator)
         u = rng.philox_uniform(n * self.n_features_in_, seed, off).to(device=self.classes_.device, dtype=F64)
-        x = (u.reshape(n, -1) < self.feature_log_prob_.exp()[idx]).to(F64)
+        x = (u.reshape(n, self.n_features_in_) < self.feature_log_prob_.exp()[idx]).to(F64)  # not -1: n may be 0
         return self._finish_sample(x, idx, return_labels)

@@ -43,6 +43,12 @@ def _check_callback(callback):
         raise TypeError(f"callback: expected a callable or None, got {type(callback).__name__}")
 
 
+def _check_binary(x, name):
+    """Bernoulli units' states: a probability mass is only defined on {0, 1} (a value in between is not a state)."""
+    if not bool(((x == 0) | (x == 1)).all()):
+        raise ValueError(f"{name}: expected every value to be 0 or 1 (binary units)")
+
+
 def _states(n, dtype, device, start=0, stop=None):
     """Rows start..stop-1 of all 2^n binary vectors (row r is r's bits, most significant first)."""
     stop = 2**n if stop is None else stop
@@ -174,6 +180,8 @@ class RBM(GenerativeModel):
         AIS estimate with the given n_chains / n_betas (cached until the next fit; its LogPartition, with
         the estimate's standard error, is in self.log_partition_info)."""
         x = check_data(x, "x", ndim=2, features=self.n_visible)
+        if not self.gaussian:
+            _check_binary(x, "x")
         if self._logz is None:
             self.log_partition_info = self.log_partition(n_chains=n_chains, n_betas=n_betas, generator=generator)
             self._logz = self.log_partition_info.value
@@ -353,22 +361,41 @@ class BoltzmannMachine(GenerativeModel):
         self.bias = nn.Parameter(torch.zeros(n), requires_grad=False)
         self._chain = None
 
+    def coupling(self):
+        """The couplings that define the model: W on the edges, 0 elsewhere (entries of W off the edge set,
+        e.g. from load_state_dict, are ignored by every method alike, so energy, log_prob and sample agree)."""
+        c = self.W * self.mask
+        if not torch.equal(c, c.t()):
+            raise ValueError("W: expected a symmetric matrix on the edges")
+        return c
+
     def energy(self, x):
-        return ref.bm_energy(x, self.W, self.bias)
+        """E(x) = -x W x / 2 - b.x per row (float64), with W the masked couplings."""
+        x = check_data(x, "x", ndim=2, features=self.n)
+        return ref.bm_energy(x.to(self.W.device), self.coupling(), self.bias)
 
     def log_prob(self, x):
         x = check_data(x, "x", ndim=2, features=self.n)
+        _check_binary(x, "x")
         if self.n > _ENUM_MAX:
             raise NotImplementedError(f"BoltzmannMachine.log_prob enumerates all 2^n states; n = {self.n} > {_ENUM_MAX}")
-        W, b = self.W.double(), self.bias.double()
+        W, b = self.coupling().double(), self.bias.double()
         logz = _logsumexp_chunks(lambda s: -ref.bm_energy(s, W, b), self.n, W.device)
-        return -self.energy(x.to(W.device)) - logz
+        return -ref.bm_energy(x.to(W.device), W, b) - logz
 
     def sample(self, n, *, generator=None, sweeps=200, init=None):
+        """n samples after `sweeps` colour-class Gibbs sweeps from `init` (n, self.n) of 0/1, or from uniform
+        noise; like RBM.sample, an init with other than n rows is an error (n is never silently ignored)."""
         _positive_int("n", n)
         dev = self.W.device
-        x = init if init is not None else (torch.rand(n, self.n, generator=generator) < 0.5).float().to(dev)
-        return ops.boltzmann_gibbs(x, self.W * self.mask, self.bias, colors=self.colors, sweeps=sweeps,
+        if init is None:
+            x = (torch.rand(n, self.n, generator=generator) < 0.5).float().to(dev)
+        else:
+            x = check_data(init, "init", ndim=2, features=self.n, dtype=torch.float32).to(dev)
+            if x.shape[0] != n:
+                raise ValueError(f"init: expected {n} rows (n), got {x.shape[0]}")
+            _check_binary(x, "init")
+        return ops.boltzmann_gibbs(x, self.coupling(), self.bias, colors=self.colors, sweeps=sweeps,
                                    generator=generator, backend=self.backend)
 
     def fit(self, data, *, epochs=50, batch_size=100, lr=0.05, sweeps=1, n_chains=200, progress=True, callback=None,
@@ -384,13 +411,14 @@ class BoltzmannMachine(GenerativeModel):
         g = generator if generator is not None else torch.Generator().manual_seed(0)
         if self._chain is None or self._chain.shape[0] != n_chains:
             self._chain = (torch.rand(n_chains, self.n, generator=g) < 0.5).float().to(dev)
+        self._chain = self._chain.to(dev)  # a reloaded chain sits where the model was when it was loaded
         bar = Progress(epochs, "boltzmann fit", enabled=progress)
         try:
             for epoch in range(epochs):
                 perm = torch.randperm(x.shape[0], generator=g).to(dev)
                 for s0 in range(0, x.shape[0], batch_size):
                     xb = x[perm[s0:s0 + batch_size]]
-                    self._chain = ops.boltzmann_gibbs(self._chain, self.W * self.mask, self.bias, colors=self.colors,
+                    self._chain = ops.boltzmann_gibbs(self._chain, self.coupling(), self.bias, colors=self.colors,
                                                       sweeps=sweeps, generator=g, backend=self.backend)
                     pos = xb.t() @ xb / xb.shape[0]
                     neg = self._chain.t() @ self._chain / self._chain.shape[0]
@@ -402,3 +430,11 @@ class BoltzmannMachine(GenerativeModel):
         finally:
             bar.close()
         return self
+
+    # the persistent chains are fitted state: a reloaded model resumes fit() where it stopped (as RBM does)
+    def get_extra_state(self):
+        return {"chain": self._chain.detach().cpu() if self._chain is not None else None}
+
+    def set_extra_state(self, state):
+        chain = state.get("chain") if isinstance(state, dict) else None
+        self._chain = chain.to(self.W.device) if chain is not None else None

@@ -31,7 +31,7 @@ from torch import nn
 from .. import ops
 from .._checks import positive_int
 from .._progress import Progress
-from .base import GenerativeModel
+from .base import FitRecord, GenerativeModel
 
 __all__ = ["VAE"]
 
@@ -42,8 +42,10 @@ def _sum_event(t):
     return t.reshape(t.shape[0], -1).sum(1)
 
 
-class VAE(GenerativeModel):
+class VAE(FitRecord, GenerativeModel):
     """A VAE over encoder/decoder networks (see the module docstring for shapes and bounds)."""
+
+    _fit_record = {"history_": []}  # plain-Python fit results (FitRecord)
 
     likelihood = "lower_bound"
 
@@ -192,6 +194,8 @@ class VAE(GenerativeModel):
             raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
         if isinstance(data, torch.Tensor):
             data = self._check_x(data, "data")
+            if data.shape[0] == 0:  # nothing to train on: an error, not an epoch with an ELBO of 0
+                raise ValueError(f"data: expected at least 1 sample, got shape {tuple(data.shape)}")
             total = epochs * math.ceil(data.shape[0] / batch_size)
         else:
             if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
@@ -207,7 +211,7 @@ class VAE(GenerativeModel):
                     perm = torch.randperm(data.shape[0], generator=generator).to(data.device)
                     batches = (data[perm[i:i + batch_size]] for i in range(0, data.shape[0], batch_size))
                 else:
-                    batches = (self._check_x(b[0] if isinstance(b, (tuple, list)) else b, "data batch") for b in data)
+                    batches = (self._check_batch(b) for b in data)
                 s, c = 0.0, 0
                 for xb in batches:
                     elbo = self.elbo(xb, generator=generator)
@@ -217,11 +221,20 @@ class VAE(GenerativeModel):
                     opt.step()
                     s += float(elbo.detach().sum())
                     c += xb.shape[0]
-                    bar.update(1, elbo=f"{s / max(c, 1):.3f}")
-                self.history_.append(s / max(c, 1))
+                    bar.update(1, elbo=f"{s / c:.3f}")
+                if c == 0:
+                    raise ValueError(f"data: epoch {epoch} yielded no batches (an iterator is used up after one pass; "
+                                     "pass a DataLoader, a list or a tensor)")
+                self.history_.append(s / c)
                 if callback is not None and callback(self, {"epoch": epoch, "elbo": self.history_[-1]}):
                     break
         finally:
             bar.close()
             self.train(was_training)
         return self
+
+    def _check_batch(self, b):
+        xb = self._check_x(b[0] if isinstance(b, (tuple, list)) else b, "data batch")
+        if xb.shape[0] == 0:  # its ELBO's mean would be NaN
+            raise ValueError(f"data batch: expected at least 1 sample, got shape {tuple(xb.shape)}")
+        return xb
