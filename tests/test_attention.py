@@ -631,10 +631,20 @@ def test_decode_bad_inputs(gen):
         dec(q, k, k, L, window=0)
     with pytest.raises(ValueError, match="softcap"):
         dec(q, k, k, L, softcap=-1.0)
-    with pytest.raises(ValueError, match="softcap: expected 0 \\(off\\) or a cap >= 1e-06"):
+    with pytest.raises(ValueError, match="softcap: expected 0 \\(off\\) or a cap in \\[1e-06, 1e\\+30\\]"):
         dec(q, k, k, L, softcap=1e-39)  # the kernels' 1 / softcap would overflow float32
+    with pytest.raises(ValueError, match="softcap: expected 0 \\(off\\) or a cap in"):
+        dec(q, k, k, L, softcap=3e38)  # softcap * log2(e) would overflow float32: all-NaN outputs
     with pytest.raises(ValueError, match="num_splits"):
         dec(q, k, k, L, num_splits=0)
+    with pytest.raises(ValueError, match="q: expected a head dim \\(last\\) >= 1"):
+        dec(q[..., :0], k[..., :0], k[..., :0], L, backend="torch")  # not 1 / sqrt(0)
+    # more splits than keys, and a window longer than the cache, change nothing (2**62 splits overflowed
+    # the workspace's size and crashed; 2**64 did not fit the binding's int64)
+    plain = dec(q, k, k, L)
+    for kw in (dict(num_splits=2**62), dict(num_splits=2**64), dict(window=2**70)):
+        for backend in ("cpp", "torch"):
+            torch.testing.assert_close(dec(q, k, k, L, backend=backend, **kw), plain, rtol=2e-6, atol=2e-6)
     with pytest.raises(ValueError, match="q: expected shape"):
         dec(q[0], k, k, L)
     with pytest.raises(ValueError, match="k_cache: expected 2 sequences"):
@@ -672,6 +682,13 @@ def test_prefill_bad_inputs(gen):
         pre(q, k, k, cu, softcap=1e-46)
     with pytest.raises(ValueError, match="head dim 24"):
         pre(torch.randn(3, 2, 24), torch.randn(3, 2, 24), torch.randn(3, 2, 24))
+    with pytest.raises(ValueError, match="softcap: expected 0"):
+        pre(q, k, k, cu, softcap=1e31)
+    with pytest.raises(ValueError, match="q: expected a head dim"):
+        pre(q[..., :0], k[..., :0], k[..., :0], cu, backend="torch")
+    for backend in ("cpp", "torch"):
+        torch.testing.assert_close(pre(q, k, k, cu, window=2**70, backend=backend), pre(q, k, k, cu), rtol=2e-6,
+                                   atol=2e-6)
 
 
 def test_rope_bad_inputs(gen):

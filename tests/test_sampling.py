@@ -58,6 +58,15 @@ def _chi2_z(counts, expected):
 # the rule itself, on cases worked by hand
 
 
+def test_reference_special_greedy_rows():
+    """The specification's own special rows: a greedy row with a NaN (its maximum matches no index) or
+    all -inf is all-NaN; a finite greedy row is one-hot at its first maximum."""
+    x = torch.tensor([[0.5, 2.0, 2.0, -1.0], [0.5, float("nan"), 1.0, 0.0], [-math.inf] * 4])
+    pr = _exact(x, temperature=0.0)
+    assert pr[0].tolist() == [0.0, 1.0, 0.0, 0.0]
+    assert torch.isnan(pr[1:]).all()
+
+
 def test_reference_rule_by_hand():
     p = torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64)
     lg = p.log().float()

@@ -124,15 +124,22 @@ def _float_arg(name, v, *, positive=False, nonneg=False, allow_none=False):
 
 
 # below this the kernels' 1 / softcap overflows float32 (a zero score would become 0 * inf = NaN);
-# such a cap flattens every score to ~0 anyway
+# such a cap flattens every score to ~0 anyway. Above MAX_SOFTCAP, softcap * log2(e) overflows it
+# (all-NaN outputs); such a cap changes no score below 1e26 (softcap * tanh(s / softcap) = s there).
 MIN_SOFTCAP = 1e-6
+MAX_SOFTCAP = 1e30
 
 
 def _softcap(v):
     f = _float_arg("softcap", v, nonneg=True)
-    if 0.0 < f < MIN_SOFTCAP:
-        raise ValueError(f"softcap: expected 0 (off) or a cap >= {MIN_SOFTCAP:g}, got {v}")
+    if f != 0.0 and not MIN_SOFTCAP <= f <= MAX_SOFTCAP:
+        raise ValueError(f"softcap: expected 0 (off) or a cap in [{MIN_SOFTCAP:g}, {MAX_SOFTCAP:g}], got {v}")
     return f
+
+
+def _positive_head_dim(D, name):
+    if D < 1:
+        raise ValueError(f"{name}: expected a head dim (last) >= 1, got {D}")
 
 
 def _int_arg(name, v, *, minimum=1, allow_none=True):
@@ -292,6 +299,7 @@ def _prepare_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, soft
             raise ValueError(f"q: expected at least one query token per sequence (dim 1), got {Q}")
     else:
         raise ValueError(f"q: expected shape [B, Hq, D] or [B, Q, Hq, D], got {tuple(q.shape)}")
+    _positive_head_dim(D, "q")
     cache = _Cache(k_cache, v_cache, block_table, q, B, D)
     if Hq % cache.Hkv:
         raise ValueError(f"q: {Hq} query heads are not a multiple of the caches' {cache.Hkv} kv heads (Hq % Hkv must be 0)")
@@ -304,8 +312,10 @@ def _prepare_decode(q, k_cache, v_cache, cache_seqlens, block_table, scale, soft
     sc = _float_arg("scale", scale, allow_none=True)
     s.scale = 1.0 / math.sqrt(D) if sc is None else sc
     s.softcap = _softcap(softcap)
-    s.window = _int_arg("window", window) or 0
-    s.num_splits = _int_arg("num_splits", num_splits) or 0
+    # a window at least the cache's capacity bounds nothing, and more splits than keys split nothing:
+    # clamped, so that huge values neither overflow the kernels' int64 sizes nor change the result
+    s.window = min(_int_arg("window", window) or 0, cache.capacity)
+    s.num_splits = min(_int_arg("num_splits", num_splits) or 0, max(cache.capacity, 1))
     return s
 
 
@@ -375,7 +385,7 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, block_table=None, sc
     Hkv, D] with block_table [B, pages_per_seq] int32; cache_seqlens [B] int32, 0 allowed (that
     sequence's output is 0 and its lse -inf). The Q queries of a sequence of length L sit at
     positions L - Q .. L - 1 and are causal among themselves. window: attend only the last `window`
-    positions (keys in (p - window, p]); softcap (0 or >= 1e-6): scores become softcap * tanh(s / softcap).
+    positions (keys in (p - window, p]); softcap (0, or a cap in [1e-6, 1e30]): scores become softcap * tanh(s / softcap).
     Returns out (q's shape and dtype), and (out, lse) with return_lse, lse [B, (Q,) Hq] float32, the
     natural-log normaliser of each query's softmax. num_splits: KV splits per (sequence, kv head)
     (None: chosen from the shape and the thread / SM count).
@@ -438,6 +448,7 @@ def _prepare_prefill(q, k, v, cu_seqlens, cu_seqlens_k, causal, scale, softcap, 
     Tk, Hkv, Dk = k.shape
     if Dk != D:
         raise ValueError(f"k: head dim {Dk} differs from q's {D}")
+    _positive_head_dim(D, "q")
     if Hkv < 1 or Hq % Hkv:
         raise ValueError(f"q: {Hq} query heads are not a multiple of k's {Hkv} kv heads (Hq % Hkv must be 0)")
     s = _Prefill()
@@ -468,6 +479,7 @@ def _prepare_prefill(q, k, v, cu_seqlens, cu_seqlens_k, causal, scale, softcap, 
     s.window = _int_arg("window", window) or 0
     if s.window and not causal:
         raise ValueError("window: a sliding window needs causal=True (it bounds keys to (p - window, p])")
+    s.window = min(s.window, max(Tk, 1))  # a window as long as every sequence bounds nothing (no overflow)
     s.q, s.k, s.v = q.contiguous(), _last_contig(k), _last_contig(v)
     s.B, s.T, s.Tk, s.Hq, s.Hkv, s.D = s.cu_q.shape[0] - 1, T, Tk, Hq, Hkv, D
     return s

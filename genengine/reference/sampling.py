@@ -95,7 +95,7 @@ def filtered_probs(logits, temperature, top_k, top_p, log_min_p):
     w = torch.where(keep, e, torch.zeros_like(e))
     probs = w / w.sum(dim=1, keepdim=True)
     g = _greedy(x)
-    onehot = torch.zeros_like(probs).scatter_(1, g.clamp(min=0)[:, None], 1.0)
+    onehot = torch.zeros_like(probs).scatter_(1, g.clamp(0, x.shape[1] - 1)[:, None], 1.0)
     probs = torch.where(greedy[:, None], onehot, probs)
     gbad = torch.isnan(x).any(dim=1) | (x.max(dim=1).values == -torch.inf)
     probs[(greedy & gbad) | (~greedy & bad)] = torch.nan
