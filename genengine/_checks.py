@@ -12,3 +12,14 @@ def positive_int(name, v):
     if v <= 0:
         raise ValueError(f"{name}: expected a positive int, got {v}")
     return int(v)
+
+
+def to_float(name, v):
+    """float(v) for a real number v: TypeError naming `name` where float() refuses v, ValueError for an
+    int past float's range (10**400: float() raises OverflowError, which names nothing)."""
+    try:
+        return float(v)
+    except OverflowError:
+        raise ValueError(f"{name}: expected a finite number, got an int too large for a float") from None
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}") from None

@@ -340,6 +340,9 @@ BAD = [
     ("alpha_bar_t", lambda x, e, u: ge.ops.ddim_step(x, e, torch.ones(2), 0.5)),
     ("eta", lambda x, e, u: ge.ops.ddim_step(x, e, 0.3, 0.5, eta=-1.0)),
     ("eta", lambda x, e, u: ge.ops.ddim_step(x, e, 0.3, 0.5, eta=5.0)),
+    # ints past float's range: float() raises OverflowError, which must become a ValueError naming the argument
+    ("eta", lambda x, e, u: ge.ops.ddim_step(x, e, 0.3, 0.5, eta=10**400)),
+    ("sigma", lambda x, e, u: ge.ops.euler_step(x, e, 10**400, 1.0)),
     ("sigma", lambda x, e, u: ge.ops.euler_step(x, e, 0.0, 1.0)),
     ("sigma", lambda x, e, u: ge.ops.euler_step(x, e, float("nan"), 1.0)),
     ("sigma_next", lambda x, e, u: ge.ops.euler_ancestral_step(x, e, 1.0, 2.0)),

@@ -562,3 +562,67 @@ def test_rq_spline_bfloat16_parameters_on_triton(inverse, gen):
     for g, e in zip(got, want):
         scale = float(e.abs().max()) + 1e-3
         assert float((g.double() - e).abs().max()) <= 1e-2 * scale  # bfloat16 keeps ~3 significant digits
+
+
+def _one_bin_spline(x, raw_d, bound, min_d=1e-3):
+    """The one-bin spline written out in float64 (independent of the reference): the bin is the whole
+    [-B, B] in both directions (its width and height are 1 whatever the softmax's input), so the slope
+    s is 1; d0, d1 are the end derivatives (1 and 1 without parameters: the identity)."""
+    x = x.double()
+    if raw_d.shape[-1] == 0:
+        d0 = d1 = torch.ones_like(x)
+    else:
+        d0, d1 = (min_d + torch.nn.functional.softplus(raw_d[..., i].double()) for i in (0, 1))
+    inside = x.abs() <= bound
+    t = (x.clamp(-bound, bound) + bound) / (2 * bound)
+    tt = t * (1 - t)
+    den = 1 + (d0 + d1 - 2) * tt
+    y = -bound + 2 * bound * (t * t + d0 * tt) / den
+    lad = torch.log(d1 * t * t + 2 * tt + d0 * (1 - t) ** 2) - 2 * torch.log(den)
+    return torch.where(inside, y, x), torch.where(inside, lad, torch.zeros_like(lad))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kd", [0, 2])
+def test_rq_spline_one_bin(backend, kd, gen):
+    # K = 1 once passed the checks and then failed inside (the reference lost the knots' edges, the
+    # op could not reshape the K - 1 = 0 derivatives)
+    bound, n = 2.0, 7
+    x = _points(gen, (n,), bound, dtype=torch.float64)
+    w, h, d = _params(gen, (n,), 1, kd, scale=1.5, dtype=torch.float64)
+    ye, le = _one_bin_spline(x, d, bound)
+    for dtype, tol in ((torch.float32, 2e-5), (torch.float64, 1e-12)):
+        args = [t.to(dtype) for t in (x, w, h, d)]
+        y, lad = ge.ops.rq_spline(*args, tail_bound=bound, backend=backend)
+        torch.testing.assert_close(y.double(), ye, rtol=tol, atol=tol)
+        torch.testing.assert_close(lad.double(), le, rtol=tol, atol=tol)
+        xi, li = ge.ops.rq_spline(y, *args[1:], inverse=True, tail_bound=bound, backend=backend)
+        torch.testing.assert_close(xi.double(), x, rtol=10 * tol, atol=10 * tol)
+        torch.testing.assert_close(li.double(), -le, rtol=10 * tol, atol=10 * tol)
+    # gradients in float64 (gradcheck's fast mode under the slow interpreter), inside the bin and in the tails
+    x[:2] = torch.tensor([-2.6, 2.7], dtype=torch.float64)
+    x[2:] = x[2:].clamp(-1.9, 1.9)
+    leaves = [t.clone().requires_grad_() for t in (x, w, h, d)]
+    for inverse in (False, True):
+        def fn(*a, inverse=inverse):
+            return ge.ops.rq_spline(*a, inverse=inverse, tail_bound=bound, backend=backend)
+
+        assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-6, rtol=1e-5, fast_mode=backend == "triton")
+    # and against the written-out formula's autograd: one bin's widths and heights carry no gradient
+    y, lad = ge.ops.rq_spline(*leaves, tail_bound=bound, backend=backend)
+    got = torch.autograd.grad((y + 0.5 * lad).sum(), leaves, allow_unused=True)
+    xe, de = x.clone().requires_grad_(), d.clone().requires_grad_()
+    ye, le = _one_bin_spline(xe, de, bound)
+    want = torch.autograd.grad((ye + 0.5 * le).sum(), [xe, de], allow_unused=True)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-10, atol=1e-10)
+    assert bool((got[1].abs() < 1e-12).all()) and bool((got[2].abs() < 1e-12).all())
+    if kd:
+        torch.testing.assert_close(got[3], want[1], rtol=1e-10, atol=1e-10)
+
+
+def test_flow_scalars_past_float_range_raise_value_error():
+    # float(10**400) raises OverflowError: it must come out as a ValueError naming the argument
+    x, w, d = torch.zeros(4), torch.zeros(4, 5), torch.zeros(4, 4)
+    for name in ("tail_bound", "min_bin_width", "min_derivative"):
+        with pytest.raises(ValueError, match=name):
+            ge.ops.rq_spline(x, w, w, d, **{name: 10**400})

@@ -587,3 +587,76 @@ def test_bad_key_tensor_names_the_generator(gen):
         ge.ops.rbm_gibbs(v, W, vb, hb, generator=torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="beta: expected every inverse temperature"):
         ge.ops.rbm_gibbs(v, W, vb, hb, beta=torch.tensor([1.0, -1.0]))
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNELS])
+def test_langevin_out_must_not_partially_overlap_an_input(backend, gen):
+    # a shifted view of x as out once gave silently wrong values on cpp (the kernel overwrote x[j + 1]
+    # before reading it); exact aliasing (out is x, out is grad) and disjoint halves of one buffer are fine
+    _available(backend)
+    n = 257
+    x0, g = torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+    want = ge.ops.langevin_step(x0, g, 0.1, generator=_g(3), backend=backend)
+    buf = torch.empty(n + 1)
+    buf[:-1] = x0
+    with pytest.raises(ValueError, match="out: overlaps x without being x itself"):
+        ge.ops.langevin_step(buf[:-1], g, 0.1, generator=_g(3), out=buf[1:], backend=backend)
+    gbuf = torch.empty(n + 1)
+    gbuf[1:] = g
+    with pytest.raises(ValueError, match="out: overlaps grad without being grad itself"):
+        ge.ops.langevin_step(x0, gbuf[1:], 0.1, generator=_g(3), out=gbuf[:-1], backend=backend)
+    x = x0.clone()
+    assert ge.ops.langevin_step(x, g, 0.1, generator=_g(3), out=x, backend=backend) is x
+    torch.testing.assert_close(x, want, rtol=0, atol=0)
+    gc = g.clone()
+    ge.ops.langevin_step(x0, gc, 0.1, generator=_g(3), out=gc, backend=backend)
+    torch.testing.assert_close(gc, want, rtol=0, atol=0)
+    halves = torch.empty(2 * n)
+    halves[:n] = x0
+    ge.ops.langevin_step(halves[:n], g, 0.1, generator=_g(3), out=halves[n:], backend=backend)
+    torch.testing.assert_close(halves[n:], want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNELS])
+def test_gibbs_edge_arguments_give_clear_errors_or_empty_results(backend, gen):
+    _available(backend)
+    s = torch.ones(2, 4, 4, dtype=torch.int8)
+    # a 2-D beta tensor once raised a RuntimeError from .item()
+    with pytest.raises(ValueError, match="beta: expected a number, a one-element tensor or a 1-D tensor"):
+        ge.ops.ising_sweep(s, torch.ones(2, 1), backend=backend)
+    # no lattice: an empty result (the reference once failed on reshape(0, -1))
+    empty = torch.ones(0, 4, 4, dtype=torch.int8)
+    assert ge.ops.ising_sweep(empty, 1.0, backend=backend).shape == (0, 4, 4)
+    assert ge.ops.ising_sweep(empty, torch.ones(0), backend=backend).shape == (0, 4, 4)
+    assert R.ising_sweep(empty, 1.0, seed=1, offset=0).shape == (0, 4, 4)
+    # colour labels are any integers, visited in increasing order (cpp once failed on negative ones)
+    A = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    x = (torch.rand(5, 3, generator=gen) < 0.5).float()
+    b = torch.randn(3, generator=gen)
+    neg = ge.ops.boltzmann_gibbs(x, A, b, colors=torch.tensor([-1, 0, -1]), sweeps=3, generator=_g(5), backend=backend)
+    want = R.bm_gibbs(x, A, b, torch.tensor([0, 1, 0]), sweeps=3, **dict(zip(("seed", "offset"), ge.ops.draw_key(_g(5)))))
+    assert torch.equal(neg, want.float())
+    W = torch.randn(4, 3, generator=gen)
+    vb, hb = torch.zeros(4), torch.zeros(3)
+    with pytest.raises(ValueError, match="v: expected at least one row"):
+        ge.ops.rbm_cd_stats(torch.zeros(0, 4), W, vb, hb, backend=backend)
+    with pytest.raises(ValueError, match="chain: expected at least one chain"):
+        ge.ops.rbm_cd_stats(torch.ones(2, 4), W, vb, hb, chain=torch.zeros(0, 4), backend=backend)
+    with pytest.raises(ValueError, match="v: expected at least one replica"):
+        ge.ops.rbm_parallel_tempering(torch.zeros(0, 2, 4), W, vb, hb, torch.ones(0), backend=backend)
+    with pytest.raises(ValueError, match="betas: expected every inverse temperature to be finite"):
+        ge.ops.rbm_parallel_tempering(torch.zeros(2, 2, 4), W, vb, hb, torch.tensor([0.5, math.inf]), backend=backend)
+    # an empty batch of replicas is a meaningful (empty) result
+    v, h, rate = ge.ops.rbm_parallel_tempering(torch.zeros(3, 0, 4), W, vb, hb, torch.ones(3), steps=2, backend=backend)
+    assert v.shape == (3, 0, 4) and h.shape == (3, 0, 3) and rate.shape == (2,)
+
+
+def test_gibbs_scalars_past_float_range_raise_value_error():
+    # float(10**400) raises OverflowError: it must come out as a ValueError naming the argument
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="step_size"):
+        ge.ops.langevin_step(x, x, 10**400)
+    with pytest.raises(ValueError, match="J"):
+        ge.ops.ising_sweep(torch.ones(4, 4, dtype=torch.int8), 0.5, J=-(10**400))
+    with pytest.raises(ValueError, match="beta"):
+        ge.ops.boltzmann_gibbs(torch.zeros(2, 2), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.zeros(2), beta=10**400)

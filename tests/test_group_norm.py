@@ -281,6 +281,7 @@ BAD = [
     (dict(eps=-1e-5), ValueError, "eps"),
     (dict(eps=float("nan")), ValueError, "eps"),
     (dict(eps="1e-5"), TypeError, "eps"),
+    (dict(eps=10**400), ValueError, "eps"),  # past float's range: float() raises OverflowError
     (dict(x=torch.ones(2, 6, 3, dtype=torch.int32)), TypeError, "x"),
     (dict(x=torch.ones(6)), ValueError, "x"),
     (dict(x=[[1.0] * 6]), TypeError, "x"),

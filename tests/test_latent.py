@@ -297,3 +297,46 @@ def test_linear_latent_save_load_and_bad_input(tmp_path, gen):
         ge.models.PPCA(1).sample(3)
     with pytest.raises(ValueError, match="method"):
         ge.models.PPCA(1, method="svd")
+
+
+@pytest.mark.parametrize("cls", ["PPCA", "FactorAnalysis"])
+def test_save_load_keeps_the_fit_record(cls, tmp_path, gen):
+    x, *_ = _low_rank_data(100, 3, 1, gen)
+    # a huge tol stops after two iterations with converged_ True: every field differs from its unfitted default
+    m = getattr(ge.models, cls)(1).fit(x, tol=1e9, progress=False)
+    assert (m.n_iter_, m.converged_, len(m.history_)) == (2, True, 2)
+    m.save(tmp_path / "m.pt")
+    back = ge.models.load(tmp_path / "m.pt")
+    assert (back.n_iter_, back.converged_, back.history_) == (m.n_iter_, m.converged_, m.history_)
+    # a state dict written before the fit record was kept lacks its key: it still loads (strictly), its
+    # parameters arrive, and the model claims no fit record it was not given
+    old = {k: v for k, v in m.state_dict().items() if k != "_extra_state"}
+    assert len(old) == len(m.state_dict()) - 1
+    other = ge.models.load(tmp_path / "m.pt")
+    other.components_ = torch.zeros_like(m.components_)
+    other.load_state_dict(old)
+    assert torch.equal(other.components_, m.components_)
+    assert (other.n_iter_, other.converged_, other.history_) == (0, False, [])
+
+
+def test_ppca_em_fits_zero_variance_data():
+    # constant data: the EM start's noise variance is floored at min_noise (as every EM step's is), so
+    # M = W^T W + s2 I stays invertible and EM lands where the closed form does
+    x = torch.full((20, 3), 2.0, dtype=torch.float64)
+    em = ge.models.PPCA(1, min_noise=1e-4).fit(x, progress=False)
+    closed = ge.models.PPCA(1, method="closed_form", min_noise=1e-4).fit(x, progress=False)
+    assert float(em.noise_variance_) == 1e-4
+    torch.testing.assert_close(em.log_prob(x), closed.log_prob(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend,dtype", [(b, torch.float32) for b in CPU_BACKENDS] + [("torch", torch.float64)])
+def test_empty_batch_gives_empty_results(backend, dtype):
+    # B = 0: every backend returns z of mu's shape and an empty kl (the reference once failed on reshape(0, -1));
+    # float64 runs on the torch backend only
+    _available(backend)
+    mu = torch.zeros(0, 5, dtype=dtype)
+    z, kl = ge.ops.reparameterize_kl(mu, mu, generator=torch.Generator().manual_seed(0), backend=backend)
+    assert z.shape == (0, 5) and kl.shape == (0,) and kl.dtype == (dtype if dtype == torch.float64 else torch.float32)
+    assert ge.ops.reparameterize(mu, mu, backend=backend).shape == (0, 5)
+    assert ge.ops.gaussian_kl(mu, mu, backend=backend).shape == (0,)
+    assert R.gaussian_kl(torch.zeros(0, 2, 3), torch.zeros(0, 2, 3)).shape == (0,)

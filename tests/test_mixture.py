@@ -387,3 +387,14 @@ def test_registered_op_passes_opcheck(gen):
     for backend in ("cpp", "torch"):
         torch.library.opcheck(mxops._gmm_e_step_op, (x, w, mu, pc, "full", "prob", True, None, backend),
                               test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
+def test_e_step_rejects_zero_components(backend, ct):
+    # K = 0 once passed the checks and the cpp kernel returned log_norm unwritten (uninitialised memory)
+    x = torch.randn(6, 3, dtype=F64)
+    prec = {"full": torch.ones(0, 3, 3), "tied": torch.eye(3), "diag": torch.ones(0, 3), "spherical": torch.ones(0)}[ct]
+    with pytest.raises(ValueError, match=r"means: expected at least 1 component"):
+        mxops.gmm_e_step(x, torch.zeros(0, dtype=F64), torch.zeros(0, 3, dtype=F64), prec.to(F64), ct, resp="prob",
+                         backend=backend)

@@ -267,6 +267,19 @@ def test_save_load_bit_identical(tmp_path, gen):
     assert ge.models.available()["BernoulliNB"]["conditional"]
 
 
+
+def test_sample_zero_gives_an_empty_batch(gen):
+    x, y = _blobs(gen)
+    f = x.shape[1]
+    for m in (ge.models.GaussianNB().fit(x, y), ge.models.MultinomialNB().fit(x.abs().round(), y),
+              ge.models.BernoulliNB().fit(x, y)):
+        name = type(m).__name__
+        assert m.sample(0).shape == (0, f), name
+        assert m.sample(0, y=int(m.classes_[0])).shape == (0, f), name
+        samples, labels = m.sample(0, return_labels=True)
+        assert samples.shape == (0, f) and samples.dtype == torch.float64, name
+        assert labels.shape == (0,) and labels.dtype == m.classes_.dtype, name
+
 # ---- bad inputs ------------------------------------------------------------------------------------
 
 
@@ -326,3 +339,51 @@ def test_registered_op_passes_opcheck(gen):
     cst = torch.randn(3, generator=gen, dtype=torch.float64)
     torch.library.opcheck(nbops._nb_op, (x, 0, theta, ivar, cst, 2, False, 0.0, None, "cpp"),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_class_stats_with_a_center_still_count_the_weights(backend, gen):
+    # the cpp kernel once left count at 0 whenever a center was given
+    n, f, c = 5003, 3, 4  # more than one 4096-row chunk: the per-chunk counts are reduced too
+    x = torch.randn(n, f, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=gen)
+    w = torch.rand(n, generator=gen, dtype=torch.float64)
+    center = torch.randn(c, f, generator=gen, dtype=torch.float64)
+    for weight in (None, w):
+        cnt, _ = nbops.nb_class_stats(x, y, c, weight=weight, center=center, backend=backend)
+        torch.testing.assert_close(cnt, ref.class_stats(x, y, c, weight, center)[0], rtol=1e-12, atol=1e-9)
+        assert float(cnt.sum()) > 0
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_likelihoods_reject_zero_classes(backend):
+    # C = 0 once gave an unwritten lse on cpp, -inf on torch and NaN on triton
+    x = torch.randn(4, 3)
+    empty, prior = torch.zeros(0, 3), torch.zeros(0)
+    with pytest.raises(ValueError, match=r"theta: expected at least 1 class"):
+        nbops.gaussian_nb_log_likelihood(x, empty, empty + 1, prior, backend=backend)
+    with pytest.raises(ValueError, match=r"feature_log_prob: expected at least 1 class"):
+        nbops.bernoulli_nb_log_likelihood(x, empty - 1, prior, backend=backend)
+    with pytest.raises(ValueError, match=r"feature_log_prob: expected at least 1 class"):
+        nbops.multinomial_nb_log_likelihood(x, empty - 1, prior, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_class_stats_check_n_classes(backend):
+    x, y = torch.randn(5, 2), torch.zeros(5, dtype=torch.int64)
+    with pytest.raises(TypeError, match="n_classes: expected an int"):
+        nbops.nb_class_stats(x, y, 3.0, backend=backend)
+    with pytest.raises(TypeError, match="n_classes: expected an int"):
+        nbops.nb_class_stats(x, y, True, backend=backend)
+    with pytest.raises(ValueError, match="n_classes: expected an int >= 0"):
+        nbops.nb_class_stats(x[:0], y[:0], -2, backend=backend)
+    # no classes and no rows: an empty result, not an error
+    cnt, out = nbops.nb_class_stats(x[:0], y[:0], 0, backend=backend)
+    assert cnt.shape == (0,) and out.shape == (0, 2)
+
+
+def test_binarize_past_float_range_raises_value_error():
+    # float(10**400) raises OverflowError: it must come out as a ValueError naming the argument
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="binarize"):
+        nbops.bernoulli_nb_log_likelihood(x, torch.full((2, 3), -1.0), torch.zeros(2), binarize=10**400)

@@ -182,6 +182,7 @@ GE_VM_INLINE void stats_chunk(int64_t r0, int64_t r1, int64_t f, const T* x, con
     const T* xr = x + r * f;
     double* o = out + k * f;
     int64_t j = 0;
+    count[k] += wr;  // the per-class weight sum, with or without a center (as the reference returns it)
     if (center) {
       const double* m = center + k * f;
       for (; j + 4 <= f; j += 4) {
@@ -193,7 +194,6 @@ GE_VM_INLINE void stats_chunk(int64_t r0, int64_t r1, int64_t f, const T* x, con
         o[j] += wr * d * d;
       }
     } else {
-      count[k] += wr;
       for (; j + 4 <= f; j += 4) vm::store4(o + j, vm::load4(o + j) + wr * vm::load4(xr + j));
       for (; j < f; ++j) o[j] += wr * double(xr[j]);
     }
@@ -237,8 +237,7 @@ void nb_class_stats(int dtype, int64_t n, int64_t f, int64_t c, const void* x, c
   for (int64_t i = 0; i < chunks; ++i) {
     const double* pc = part.data() + size_t(i) * size_t(c) * size_t(f + 1);
     const double* po = pc + c;
-    if (!center)
-      for (int64_t k = 0; k < c; ++k) count[k] += pc[k];
+    for (int64_t k = 0; k < c; ++k) count[k] += pc[k];
     for (int64_t j = 0; j < c * f; ++j) out[j] += po[j];
   }
 }

@@ -28,8 +28,8 @@ void nb_joint_log_likelihood(const NBArgs& a);
 
 // Per-class sufficient statistics in one pass over the rows, partial sums reduced in a fixed
 // order (deterministic for any thread count). y: int64 class indices in [0, c) (checked by the
-// caller); w: float64 sample weights or null (1). center null: count[c] = sum w, out[c,f] = sum w x;
-// center (c, f) given: out[c,f] = sum w (x - center[c,f])^2 (count untouched). x: `dtype` (n, f).
+// caller); w: float64 sample weights or null (1). count[c] += sum w; center null: out[c,f] += sum w x;
+// center (c, f) given: out[c,f] += sum w (x - center[c,f])^2. x: `dtype` (n, f).
 void nb_class_stats(int dtype, int64_t n, int64_t f, int64_t c, const void* x, const int64_t* y, const double* w,
                     const double* center, double* count, double* out);
 

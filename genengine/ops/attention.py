@@ -42,6 +42,7 @@ import numbers
 import torch
 
 from .. import _backends
+from .._checks import to_float
 from ..reference import attention as ref
 
 __all__ = ["decode_attention", "prefill_attention", "rope_append_kv", "rope_tables", "HEAD_DIMS", "MAX_PAGE_SIZE"]
@@ -116,7 +117,7 @@ def _float_arg(name, v, *, positive=False, nonneg=False, allow_none=False):
         return None
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
-    f = float(v)
+    f = to_float(name, v)
     if not math.isfinite(f) or (positive and f <= 0) or (nonneg and f < 0):
         kind = "a finite number > 0" if positive else ("a finite number >= 0" if nonneg else "a finite number")
         raise ValueError(f"{name}: expected {kind}, got {v}")

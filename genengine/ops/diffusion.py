@@ -45,6 +45,7 @@ import math
 import torch
 
 from .. import _backends
+from .._checks import to_float
 from ..reference import diffusion as ref
 from . import rng
 
@@ -63,7 +64,7 @@ def _scalar(name, v):
     elif isinstance(v, (bool, str, bytes)) or v is None:
         raise TypeError(f"{name}: expected a real number, got {v!r}")
     elif isinstance(v, (int, float)):
-        f = float(v)
+        f = to_float(name, v)
     elif isinstance(v, torch.Tensor):
         if v.numel() != 1:
             raise ValueError(f"{name}: expected a number or a one-element tensor, got a tensor of shape {tuple(v.shape)}")

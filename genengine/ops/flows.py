@@ -35,6 +35,7 @@ import math
 import torch
 
 from .. import _backends
+from .._checks import to_float
 from ..reference import flows as ref
 
 _SUPPORTED = ("torch", "cpp", "triton", "cuda")
@@ -70,10 +71,7 @@ def _tensor(name, t):
 def _real(name, v, *, positive=False, lo=None):
     if isinstance(v, (bool, str, bytes)) or v is None:
         raise TypeError(f"{name}: expected a real number, got {v!r}")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}") from None
+    f = to_float(name, v)
     if not math.isfinite(f) or (positive and f <= 0) or (lo is not None and f < lo):
         raise ValueError(f"{name}: expected a finite number {'> 0' if positive else f'>= {lo}'}, got {f}")
     return f
@@ -97,8 +95,12 @@ _BF16_PARAMS_OK = ("triton",)
 
 
 def _rows(t, k):
-    """t as (n, k) with unit stride along k (a view when the strides allow, else a copy)."""
-    r = t.reshape(-1, k)
+    """t as (n, k) with unit stride along k (a view when the strides allow, else a copy). n is
+    spelled out: reshape(-1, 0) is ambiguous (k = 0: a one-bin spline's K - 1 derivatives)."""
+    n = math.prod(t.shape[:-1])
+    if k == 0:  # no columns: a fresh (n, 0) tensor, whose strides every kernel shim accepts
+        return t.new_empty((n, 0))
+    r = t.reshape(n, k)
     if r.stride(1) != 1 and r.shape[0] * k:
         r = r.contiguous()
     return r
@@ -231,7 +233,7 @@ def _spline_backward(name, gy, gl, x, y, w, h, d, inverse, cfg, packed=False):
         flat = [t.reshape(-1).contiguous() if t is not None else None for t in (x, y, gy, gl)]
         flat[2:] = [g.to(x.dtype) if g is not None and g.dtype != x.dtype else g for g in flat[2:]]
         _launch(name, 1, flat[0], flat[1], _rows(w, k), _rows(h, k), _rows(d, kd), inverse, *cfg, flat[2], flat[3],
-                gx.view(-1), gw.reshape(-1, k), gh.reshape(-1, k), gd.reshape(-1, kd))
+                gx.view(-1), gw.reshape(n, k), gh.reshape(n, k), gd.reshape(n, kd))
     return (gx, gp) if packed else (gx, gw, gh, gd)
 
 
@@ -404,8 +406,7 @@ def _prepare_affine(x, shift, log_scale, backend):
 
 
 def _rows2(t):
-    d = t.shape[-1]
-    return _rows(t, d) if d else t.reshape(-1, 0)
+    return _rows(t, t.shape[-1])
 
 
 def _affine_forward(name, x, t, s, inverse):

@@ -42,7 +42,9 @@ from collections import namedtuple
 import torch
 
 from .. import _backends
+from .._checks import to_float
 from ..reference import gibbs as ref
+from .diffusion import _byte_span
 from .rng import draw_key, key_ints, op_key
 
 __all__ = ["rbm_gibbs", "rbm_cd_stats", "rbm_parallel_tempering", "ising_sweep", "boltzmann_gibbs", "graph_coloring",
@@ -87,10 +89,7 @@ def _int(name, v, minimum=1):
 def _real(name, v, positive=False):
     if isinstance(v, (bool, str, bytes)) or v is None:
         raise TypeError(f"{name}: expected a real number, got {v!r}")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected a real number, got {type(v).__name__}") from None
+    f = to_float(name, v)
     if not math.isfinite(f):
         raise ValueError(f"{name}: expected a finite number, got {f}")
     if positive and not f > 0:
@@ -336,6 +335,10 @@ def rbm_cd_stats(v, W, vbias, hbias, *, k=1, chain=None, generator=None, visible
         _same_device("chain", chain, v, "v")
         if chain.shape[1] != v.shape[1]:
             raise ValueError(f"chain: expected shape [chains, {v.shape[1]}] (n_visible), got {tuple(chain.shape)}")
+        if chain.shape[0] == 0:
+            raise ValueError("chain: expected at least one chain (the negative phase averages over them), got 0")
+    if v.shape[0] == 0:
+        raise ValueError("v: expected at least one row (the positive phase averages over the batch), got 0")
     key = draw_key(generator, v.device)
     ct = torch.float64 if v.dtype == torch.float64 else torch.float32
     start = v if chain is None else chain
@@ -366,11 +369,15 @@ def rbm_parallel_tempering(v, W, vbias, hbias, betas, *, steps=1, h=None, genera
     gaussian = visible == "gaussian"
     _float_tensor("v", v, 3)
     betas = _tensor("betas", betas, 1)
+    _float_tensor("W", W, 2)
     R, B, nv = v.shape
+    nh = W.shape[1]  # spelled out in the reshapes below: (R, B, -1) is ambiguous when B = 0
     if betas.shape[0] != R:
         raise ValueError(f"betas: expected one inverse temperature per replica (v.shape[0] = {R}), got {betas.shape[0]}")
-    if not bool((betas > 0).all()):
-        raise ValueError("betas: expected every inverse temperature to be > 0")
+    if R == 0:
+        raise ValueError("v: expected at least one replica (v.shape[0] >= 1), got 0")
+    if not bool(((betas > 0) & torch.isfinite(betas)).all()):
+        raise ValueError("betas: expected every inverse temperature to be finite and > 0")
     steps = _int("steps", steps)
     bet = betas.detach().to(device=v.device, dtype=torch.float32)
     rows = bet.repeat_interleave(B)
@@ -390,20 +397,20 @@ def rbm_parallel_tempering(v, W, vbias, hbias, betas, *, steps=1, h=None, genera
         if pairs.numel() == 0:
             continue
         seed, off = draw_key(generator, v.device)
-        u = ref.uniform_at(torch.arange(pairs.numel() * B, device=v.device), seed, off).reshape(-1, B)
+        u = ref.uniform_at(torch.arange(pairs.numel() * B, device=v.device), seed, off).reshape(pairs.numel(), B)
         log_acc = (bet[pairs].to(ct) - bet[pairs + 1].to(ct)).unsqueeze(1) * (E[pairs] - E[pairs + 1])
         acc = torch.log(u.to(ct)) < log_acc  # [P, B]
         tries[pairs.cpu()] += B
         accepts[pairs.cpu()] += acc.sum(1).cpu().to(torch.float64)
-        vv, hh = flat.reshape(R, B, nv).clone(), hid.reshape(R, B, -1).clone()
+        vv, hh = flat.reshape(R, B, nv).clone(), hid.reshape(R, B, nh).clone()
         a = acc.unsqueeze(-1)
         lo_v, hi_v = vv[pairs], vv[pairs + 1]
         lo_h, hi_h = hh[pairs], hh[pairs + 1]
         vv[pairs], vv[pairs + 1] = torch.where(a, hi_v, lo_v), torch.where(a, lo_v, hi_v)
         hh[pairs], hh[pairs + 1] = torch.where(a, hi_h, lo_h), torch.where(a, lo_h, hi_h)
-        flat, hid = vv.reshape(R * B, nv), hh.reshape(R * B, -1)
+        flat, hid = vv.reshape(R * B, nv), hh.reshape(R * B, nh)
     rate = torch.where(tries > 0, accepts / tries.clamp(min=1), torch.zeros_like(tries)).to(torch.float32)
-    return flat.reshape(R, B, nv), hid.reshape(R, B, -1), rate
+    return flat.reshape(R, B, nv), hid.reshape(R, B, nh), rate
 
 
 # ---- Ising ----------------------------------------------------------------------------------------------
@@ -431,8 +438,13 @@ def ising_sweep(spins, beta, *, J=1.0, h=0.0, sweeps=1, generator=None, inplace=
         if beta.shape[0] != L:
             raise ValueError(f"beta: expected a number or one value per lattice ({L}), got shape {tuple(beta.shape)}")
         betas = [_real("beta", b, positive=True) for b in beta.tolist()]
+    elif isinstance(beta, torch.Tensor):
+        if beta.numel() != 1:
+            raise ValueError(f"beta: expected a number, a one-element tensor or a 1-D tensor with one value per "
+                             f"lattice ({L}), got shape {tuple(beta.shape)}")
+        betas = [_real("beta", beta.item(), positive=True)]
     else:
-        betas = [_real("beta", beta.item() if isinstance(beta, torch.Tensor) else beta, positive=True)]
+        betas = [_real("beta", beta, positive=True)]
     name = _backends.resolve(backend, _backends.device_type(spins), _SUPPORTED)
     if torch.compiler.is_compiling():
         out = _ising_sweep_op(spins, betas, J, h, sweeps, op_key(generator, spins.device), name)
@@ -445,6 +457,8 @@ def _ising_run(name, spins, betas, J, h, sweeps, key, inplace):
     L, H, W = lat.shape
     if lat.numel() and not bool(((lat == 1) | (lat == -1)).all()):
         raise ValueError("spins: expected every value to be +1 or -1")
+    if lat.numel() == 0:  # no lattice (L = 0): nothing to sweep, on every backend
+        return spins if inplace else spins.clone()
     seed, offset = key
     if name == "torch":
         out = ref.ising_sweep(lat, torch.tensor(betas) if len(betas) > 1 else betas[0], J=J, h=h, sweeps=sweeps,
@@ -572,8 +586,8 @@ def _boltzmann_run(name, x, coupling, bias, colors, beta, sweeps, key):
         return ref.bm_gibbs(x, dense.to(x.device), bias, colors.to(x.device), beta=beta, sweeps=sweeps, seed=seed,
                             offset=offset).to(x.dtype)
     order = torch.argsort(colors, stable=True)
-    counts = torch.bincount(colors)
-    counts = counts[counts > 0]
+    # class sizes in increasing colour order (the reference's order); labels may be any integers
+    counts = torch.unique(colors, return_counts=True)[1]
     class_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     dev = x.device
     indptr, indices, values = indptr.to(dev), indices.to(dev), values.to(dev)
@@ -633,11 +647,26 @@ def langevin_step(x, grad, step_size, *, noise_scale=1.0, clamp=None, generator=
         _tensor("out", out)
         if out.shape != x.shape or out.dtype != torch.float32 or not out.is_contiguous() or out.device != x.device:
             raise ValueError("out: expected a contiguous float32 tensor of x's shape on x's device")
+        _check_out_overlap(out, (("x", x), ("grad", grad)))
     name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED, x.dtype != torch.float64)
     if torch.compiler.is_compiling():
         r = _langevin_step_op(x, grad, step, ns, clamp is not None, lo, hi, op_key(generator, x.device), name)
         return r if out is None else out.copy_(r)
     return _langevin_run(name, x, grad, step, ns, clamp is not None, lo, hi, draw_key(generator, x.device), out)
+
+
+def _check_out_overlap(out, inputs):
+    """out may be an input itself (in place) or memory of its own, never part of one: the kernels
+    read and write element by element, so a shifted view would read values already overwritten."""
+    lo, hi = _byte_span(out)
+    for name, t in inputs:
+        if lo == hi or t.numel() == 0 or t.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
+            continue
+        t_lo, t_hi = _byte_span(t)
+        same = t.data_ptr() == out.data_ptr() and t.dtype == out.dtype and t.is_contiguous()
+        if t_lo < hi and lo < t_hi and not same:
+            raise ValueError(f"out: overlaps {name} without being {name} itself; pass {name} itself "
+                             f"(contiguous float32) or separate memory")
 
 
 def _langevin_run(name, x, grad, step, ns, has_clamp, lo, hi, key, out):

@@ -30,6 +30,7 @@ import operator
 import torch
 
 from .. import _backends
+from .._checks import to_float
 from ..reference import group_norm as ref
 
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -72,10 +73,7 @@ def _num_groups(num_groups, channels):
 def _eps(eps):
     if isinstance(eps, (bool, str, bytes)) or eps is None:
         raise TypeError(f"eps: expected a real number, got {eps!r}")
-    try:
-        e = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps: expected a real number, got {type(eps).__name__}") from None
+    e = to_float("eps", eps)
     if not (e >= 0.0 and e != math.inf):
         raise ValueError(f"eps: expected a finite number >= 0, got {e}")
     return e

@@ -58,6 +58,9 @@ def _check(x, weights, means, prec, cov_type, resp):
     if means.dim() != 2 or means.shape[1] != x.shape[1]:
         raise ValueError(f"means: expected shape (K, {x.shape[1]}), got {tuple(means.shape)}")
     k, d = means.shape
+    if k < 1:
+        # a mixture needs a component; with none the kernels would leave log_norm unwritten
+        raise ValueError(f"means: expected at least 1 component (K >= 1), got shape {tuple(means.shape)}")
     if weights.shape != (k,):
         raise ValueError(f"weights: expected shape ({k},), got {tuple(weights.shape)}")
     if tuple(prec.shape) != _prec_shape(cov_type, k, d):

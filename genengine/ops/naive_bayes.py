@@ -26,10 +26,12 @@ The C++ kernel computes in float64 (float32 inputs widened); the Triton kernel i
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from .. import _backends
+from .._checks import to_float
 from ..reference import naive_bayes as ref
 
 __all__ = ["gaussian_nb_log_likelihood", "bernoulli_nb_log_likelihood", "multinomial_nb_log_likelihood", "nb_class_stats"]
@@ -70,6 +72,9 @@ def _classes(p, name):
     if not isinstance(p, torch.Tensor) or p.dim() != 2:
         got = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
         raise ValueError(f"{name}: expected a (C, F) tensor, got {got}")
+    if p.shape[0] < 1:
+        # with no class there is no likelihood to normalise (the kernels would leave lse unwritten)
+        raise ValueError(f"{name}: expected at least 1 class (C >= 1), got shape {tuple(p.shape)}")
     return p.shape[0]
 
 
@@ -150,12 +155,14 @@ def bernoulli_nb_log_likelihood(x, feature_log_prob, log_prior, *, binarize=0.0,
     _check_param("log_prior", log_prior, (c,), x)
     if binarize is not None and (isinstance(binarize, bool) or not isinstance(binarize, (int, float))):
         raise TypeError(f"binarize: expected a number or None, got {type(binarize).__name__}")
+    if binarize is not None:
+        binarize = to_float("binarize", binarize)
     mode = _output(output)
     name = _backends.resolve(backend, _backends.device_type(x), _SUPPORTED)
     if name == "torch":
         return _torch_finish(ref.bernoulli_jll(x, feature_log_prob, log_prior, binarize), mode, x.dtype)
     w, cst = _bernoulli_weights(feature_log_prob, log_prior)
-    return _dispatch(name, 1, x, w, None, cst, mode, binarize is not None, 0.0 if binarize is None else float(binarize))
+    return _dispatch(name, 1, x, w, None, cst, mode, binarize is not None, 0.0 if binarize is None else binarize)
 
 
 def multinomial_nb_log_likelihood(x, feature_log_prob, log_prior, *, output="joint", backend="auto"):
@@ -182,6 +189,12 @@ def nb_class_stats(x, y, n_classes, *, weight=None, center=None, backend="auto",
     of w (x - center[y])^2. y: int64 class indices in [0, n_classes) (checked, unless the caller says
     it has made them: checked=True)."""
     x = _check_x(x)
+    # 0 classes is allowed (y must then be empty: the result is empty too)
+    if isinstance(n_classes, bool) or not isinstance(n_classes, numbers.Integral):
+        raise TypeError(f"n_classes: expected an int, got {type(n_classes).__name__}")
+    if n_classes < 0:
+        raise ValueError(f"n_classes: expected an int >= 0, got {n_classes}")
+    n_classes = int(n_classes)
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
         raise ValueError(f"y: expected an int64 tensor of shape ({x.shape[0]},), got "
                          f"{(y.dtype, tuple(y.shape)) if isinstance(y, torch.Tensor) else type(y).__name__}")

@@ -50,6 +50,7 @@ import numbers
 import torch
 
 from .. import _backends
+from .._checks import to_float
 from ..reference import sampling as ref
 from . import rng
 
@@ -67,7 +68,7 @@ def _number(name, v, lo, hi, lo_open=False, integer=False):
     else:
         if not isinstance(v, numbers.Real):
             raise TypeError(f"{name}: expected a number or a [B] tensor, got {type(v).__name__}")
-        v = float(v)
+        v = to_float(name, v)
     bad = v != v or v > hi or v < lo or (lo_open and v == lo)
     if bad:
         lo_s = "(" if lo_open else "["

@@ -39,7 +39,7 @@ def _knots(unnorm, k, minimum, bound):
     p = torch.softmax(unnorm, dim=-1)
     w = minimum + (1 - minimum * k) * p
     inner = -bound + 2 * bound * torch.cumsum(w, dim=-1)[..., : k - 1]
-    edge = torch.full_like(inner[..., :1], bound)
+    edge = torch.full_like(p[..., :1], bound)  # from p, not inner: inner has no column when K = 1
     knots = torch.cat([-edge, inner, edge], dim=-1)
     return knots, 2 * bound * w
 
@@ -47,7 +47,7 @@ def _knots(unnorm, k, minimum, bound):
 def _derivs(unnorm, k, min_derivative):
     d = min_derivative + F.softplus(unnorm)
     if unnorm.shape[-1] == k - 1:
-        one = torch.ones_like(d[..., :1])
+        one = d.new_ones(d.shape[:-1] + (1,))  # not ones_like(d[..., :1]): d has no column when K = 1
         d = torch.cat([one, d, one], dim=-1)
     return d
 

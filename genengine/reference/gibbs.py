@@ -173,6 +173,8 @@ def ising_sweep(spins, beta, *, J=1.0, h=0.0, sweeps=1, seed, offset):
     first); the word of site (l, t, c, i, j) is at (((t L + l) 2 + c) H + i) (W / 2) + j // 2."""
     s = spins.to(torch.int64).clone()
     L, H, W = s.shape
+    if s.numel() == 0:  # no lattice: nothing to sweep (and reshape(0, -1) below would be ambiguous)
+        return s.to(torch.int8)
     betas = beta.tolist() if isinstance(beta, torch.Tensor) else [float(beta)] * L
     thr = torch.tensor([ising_thresholds(b, J, h) for b in betas], dtype=torch.int64, device=s.device)  # [L, 5]
     i = torch.arange(H, device=s.device).view(1, H, 1)

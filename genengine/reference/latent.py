@@ -12,6 +12,8 @@ Computed in float64 unless `dtype` says otherwise (autograd through these is the
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import rng
@@ -29,4 +31,5 @@ def reparameterize(mu, logvar, eps, dtype=torch.float64):
 def gaussian_kl(mu, logvar, dtype=torch.float64):
     mu, logvar = mu.to(dtype), logvar.to(dtype)
     terms = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar)
-    return terms.reshape(terms.shape[0], -1).sum(1)
+    # the event size is spelled out: reshape(B, -1) is ambiguous when B = 0
+    return terms.reshape(terms.shape[0], math.prod(terms.shape[1:])).sum(1)
