@@ -637,6 +637,8 @@ def test_decode_bad_inputs(gen):
         dec(q, k, k, L, softcap=3e38)  # softcap * log2(e) would overflow float32: all-NaN outputs
     with pytest.raises(ValueError, match="num_splits"):
         dec(q, k, k, L, num_splits=0)
+    with pytest.raises(ValueError, match="scale: expected a finite number, got an int too large"):
+        dec(q, k, k, L, scale=10**400)  # float() raises OverflowError, which names nothing
     with pytest.raises(ValueError, match="q: expected a head dim \\(last\\) >= 1"):
         dec(q[..., :0], k[..., :0], k[..., :0], L, backend="torch")  # not 1 / sqrt(0)
     # more splits than keys, and a window longer than the cache, change nothing (2**62 splits overflowed

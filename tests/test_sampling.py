@@ -331,6 +331,8 @@ def test_bad_input():
         S.sample_tokens(x, temperature=-1.0)
     with pytest.raises(ValueError, match="temperature"):
         S.sample_tokens(x, temperature=float("nan"))
+    with pytest.raises(ValueError, match="temperature: expected a finite number, got an int too large"):
+        S.sample_tokens(x, temperature=10**400)
     with pytest.raises(ValueError, match="top_p"):
         S.sample_tokens(x, top_p=0.0)
     with pytest.raises(ValueError, match="top_p"):
