@@ -104,6 +104,27 @@ def _radix_select(row_ptr, V, inv_t, m, floor_key, target, WEIGHTED: tl.constexp
     return prefix
 
 
+@triton.jit
+def _max_argmax(row_ptr, V, inv_t, BLOCK: tl.constexpr):
+    """Pass 1 over z = x * inv_t: its maximum, the first index reaching it, and the NaN count."""
+    m = tl.full((), float("-inf"), tl.float32)
+    arg = tl.zeros((), dtype=tl.int64)
+    nan = tl.zeros((), dtype=tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < V
+        z = _load_z(row_ptr, offs, mask, inv_t)
+        isnan = mask & (z != z)
+        nan += tl.sum(isnan.to(tl.int32), axis=0)
+        zm = tl.where(mask & ~isnan, z, float("-inf"))
+        bm = tl.max(zm, axis=0)
+        bi = tl.min(tl.where(zm == bm, offs, V), axis=0).to(tl.int64)
+        better = bm > m
+        arg = tl.where(better | ((start == 0) & (bm == m)), bi, arg)
+        m = tl.where(better, bm, m)
+    return m, arg, nan
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi", "t_s", "k_s", "p_s", "lmp_s"])
 def _sample_kernel(x_ptr, row_stride, V, t_ptr, t_s, k_ptr, k_s, p_ptr, p_s, lmp_ptr, lmp_s,
                    seed_lo, seed_hi, off_lo, off_hi, tok_ptr, lp_ptr,
@@ -127,24 +148,17 @@ def _sample_kernel(x_ptr, row_stride, V, t_ptr, t_s, k_ptr, k_s, p_ptr, p_s, lmp
         lmp = tl.load(lmp_ptr + b)
     else:
         lmp = lmp_s
+    # a row with t > 0 whose z has no finite maximum though its logits are finite is greedy (the t -> 0
+    # limit): 1 / t overflowed float32, or z did; a +inf logit still leaves a sampled row without one
     greedy = ~(t > 0.0)
-    inv_t = tl.where(greedy, 1.0, tl.math.div_rn(1.0, tl.where(greedy, 1.0, t)))
-    # pass 1: maximum, first argmax, NaN
-    m = tl.full((), float("-inf"), tl.float32)
-    arg = tl.zeros((), dtype=tl.int64)
-    nan = tl.zeros((), dtype=tl.int32)
-    for start in range(0, V, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        mask = offs < V
-        z = _load_z(row_ptr, offs, mask, inv_t)
-        isnan = mask & (z != z)
-        nan += tl.sum(isnan.to(tl.int32), axis=0)
-        zm = tl.where(mask & ~isnan, z, float("-inf"))
-        bm = tl.max(zm, axis=0)
-        bi = tl.min(tl.where(zm == bm, offs, V), axis=0).to(tl.int64)
-        better = bm > m
-        arg = tl.where(better | ((start == 0) & (bm == m)), bi, arg)
-        m = tl.where(better, bm, m)
+    inv_t = tl.math.div_rn(1.0, tl.where(greedy, 1.0, t))
+    tiny = ~greedy & (inv_t == float("inf"))
+    inv_t = tl.where(greedy | tiny, 1.0, inv_t)
+    m, arg, nan = _max_argmax(row_ptr, V, inv_t, BLOCK)
+    if ~greedy & ~tiny & (nan == 0) & ((m == float("inf")) | (m == float("-inf"))):
+        m, arg, nan = _max_argmax(row_ptr, V, tl.full((), 1.0, tl.float32), BLOCK)  # the logits themselves
+        tiny = ~greedy
+    greedy = greedy | (tiny & (m != float("inf")))
     invalid = (nan > 0) | (m == float("-inf")) | (~greedy & (m == float("inf")))
     token = arg
     logprob = tl.zeros((), dtype=tl.float32)
@@ -224,6 +238,8 @@ def sample_tokens(logits, params, seed, offset, tokens, logprobs):
     if b == 0:
         return
     t, ts, tp = _scalar_or_ptr(params["temperature"], tokens)
+    if 0.0 < ts < 2.0**-126:  # below float32's normal range a Python float is typed fp64: pass it per row
+        t, ts, tp = torch.full((b,), ts, dtype=torch.float32, device=logits.device), 0.0, True
     k, ks, kp = _scalar_or_ptr(params["top_k"], tokens)
     p, ps, pp = _scalar_or_ptr(params["top_p"], tokens)
     lm, ls, lp_ = _scalar_or_ptr(params["log_min_p"], tokens)

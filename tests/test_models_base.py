@@ -81,6 +81,9 @@ def test_networks_are_passed_again_at_load(tmp_path):
     assert isinstance(back, Wrapped) and torch.equal(back.net.weight, m.net.weight)
     with pytest.raises(ModelFileError, match="Wrapped"):
         _Gauss.load(tmp_path / "w.pt")
+    # a network that does not match the file's is an error, not reshaped to fit (in_features 4, weight 3)
+    with pytest.raises(RuntimeError, match="size mismatch for net.weight"):
+        ge.models.load(tmp_path / "w.pt", net=nn.Linear(4, 2))
 
 
 def test_truncated_corrupted_and_foreign_files(tmp_path):

@@ -271,6 +271,26 @@ def test_greedy_and_special_rows(backend):
     assert bool((tok[0::2] == 1).all()) and len(set(tok[1::2].tolist())) == 3
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp", "triton"])
+def test_temperature_too_small_for_float32_is_greedy(backend):
+    """A temperature whose z = logits / t overflows float32 for a finite logit samples greedily (the
+    t -> 0 limit; it gave token -1 for every row), whether 1 / t itself overflows (1e-40) or only the
+    large logits' z (1e-38); a +inf logit still leaves a sampled row without a distribution."""
+    _available(backend)
+    x = torch.tensor([[0.5, 4.0, 3.0, 4.0], [-7.0, -2.0, -9.0, -2.5], [1.0, float("inf"), 0.0, 0.0]])
+    for t in (1e-38, 1e-40, 1e-45):
+        tok, lp = S.sample_tokens(x, temperature=t, top_p=0.9, return_logprobs=True, backend=backend,
+                                  generator=torch.Generator().manual_seed(3))
+        assert tok.tolist() == [1, 1, -1], t
+        assert lp[:2].tolist() == [0.0, 0.0] and bool(lp[2].isnan())
+    # the rule does not reach temperatures whose z stays finite: there the row is sampled as before
+    y = torch.tensor([[0.0, 1e-37, 0.0]]).repeat(300, 1)
+    tok = S.sample_tokens(y, temperature=1e-38, backend=backend, generator=torch.Generator().manual_seed(4))
+    assert set(tok.tolist()) == {1}  # weights exp(0), exp(-10), exp(-10): token 1 nearly always
+    tok = S.sample_tokens(y, temperature=1e-37, backend=backend, generator=torch.Generator().manual_seed(4))
+    assert set(tok.tolist()) == {0, 1, 2}
+
+
 def test_logprobs_are_those_of_the_filtered_distribution(gen):
     _available("cpp")
     x = torch.randn(64, 50, generator=gen) * 2

@@ -239,19 +239,32 @@ void sample_row(const SampleArgs& a, int64_t b) {
   rp.k = a.top_k ? a.top_k[b] : a.top_k_s;
   rp.p = a.top_p ? a.top_p[b] : a.top_p_s;
   rp.lmp = a.log_min_p ? a.log_min_p[b] : a.log_min_p_s;
-  const bool greedy = !(rp.t > 0.0f);
-  const float inv_t = greedy ? 1.0f : 1.0f / rp.t;
+  // a row with t > 0 whose z has no finite maximum though its logits are finite is greedy (the
+  // t -> 0 limit): 1 / t overflowed float32 (t < ~2.9e-39), or z did (large logits); a +inf logit
+  // still leaves a sampled row without a distribution
+  bool greedy = !(rp.t > 0.0f);
+  float inv_t = greedy ? 1.0f : 1.0f / rp.t;
+  const float inf = std::numeric_limits<float>::infinity();
+  bool tiny = inv_t == inf;
+  if (tiny) inv_t = 1.0f;
   float* z = s.z.data();
   float m;
   bool nan;
   const int esize = a.dtype == kFloat32 ? 4 : 2;
   const char* row = static_cast<const char*>(a.logits) + b * a.row_stride * esize;
-  switch (a.dtype) {
-    case kFloat32: load_scaled_f32(reinterpret_cast<const float*>(row), V, inv_t, z, &m, &nan); break;
-    case kBFloat16: load_scaled_bf16(reinterpret_cast<const BF16*>(row), V, inv_t, z, &m, &nan); break;
-    default: load_scaled_f16(reinterpret_cast<const F16*>(row), V, inv_t, z, &m, &nan); break;
+  auto load = [&](float scale) {
+    switch (a.dtype) {
+      case kFloat32: load_scaled_f32(reinterpret_cast<const float*>(row), V, scale, z, &m, &nan); break;
+      case kBFloat16: load_scaled_bf16(reinterpret_cast<const BF16*>(row), V, scale, z, &m, &nan); break;
+      default: load_scaled_f16(reinterpret_cast<const F16*>(row), V, scale, z, &m, &nan); break;
+    }
+  };
+  load(inv_t);
+  if (!greedy && !tiny && !nan && (m == inf || m == -inf)) {
+    load(1.0f);  // the logits themselves
+    tiny = true;
   }
-  const float inf = std::numeric_limits<float>::infinity();
+  if (tiny) greedy = m != inf;
   const bool invalid = nan || m == -inf || (!greedy && m == inf);
   if (invalid) {
     a.tokens[b] = -1;

@@ -152,17 +152,23 @@ class GenerativeModel(nn.Module):
     def _load_saved_state(self, state):
         """Loads a saved state dict into a model rebuilt from the saved configuration: buffers fitted
         to the data's shape and every tensor's dtype follow the file (a model saved after .double()
-        or .to(torch.bfloat16) loads bit for bit in that dtype, not cast to the default one). An
-        `_extra_state` entry that a file saved before it existed lacks keeps the rebuilt default."""
+        or .to(torch.bfloat16) loads bit for bit in that dtype, not cast to the default one), while a
+        parameter of another shape raises as in torch (a network passed again that does not match).
+        An `_extra_state` entry that a file saved before it existed lacks keeps the rebuilt default."""
         own = self.state_dict()
         saved = {v.dtype for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and k in own}
         mine = {v.dtype for k, v in own.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and k in state}
         if len(saved) == 1 and len(mine) == 1 and saved != mine:
             self.to(saved.pop())  # the whole model, so that its unsaved buffers follow too
             own = self.state_dict()
+        buffers = {k for k, _ in self.named_buffers()}
         for k, v in state.items():
             o = own.get(k)
-            if isinstance(v, torch.Tensor) and isinstance(o, torch.Tensor) and (o.shape != v.shape or o.dtype != v.dtype):
+            if not (isinstance(v, torch.Tensor) and isinstance(o, torch.Tensor)):
+                continue
+            # a parameter of another shape is a network that does not match the file: load_state_dict
+            # raises on it (resizing would leave e.g. a Linear whose in_features disagree with its weight)
+            if (o.shape != v.shape and k in buffers) or (o.shape == v.shape and o.dtype != v.dtype):
                 _resize_buffer(self, k, v)
         missing = [k for k in own if k not in state]
         if missing and all(k.rsplit(".", 1)[-1] == "_extra_state" for k in missing):

@@ -10,7 +10,9 @@ per row): temperature and top_p / min_p floating, top_k integer.
 
 The filters, in this order (that of Hugging Face's warpers, SGLang and FlashInfer; vLLM v1 applies
 min-p before top-k/top-p), on z = logits * (1 / temperature) in float32 with m = max(z):
-  * temperature 0: greedy, the lowest index among the maxima of the logits, log-prob 0.
+  * temperature 0: greedy, the lowest index among the maxima of the logits, log-prob 0. So is a
+    temperature so small that z overflows float32 and the row's max z is not finite though its
+    logits are (the t -> 0 limit).
   * top_k > 0: keep the tokens whose z is >= the k-th largest z (ties at that value are kept, so
     more than k tokens can survive); 0 (or >= V) = off.
   * top_p < 1: of the tokens kept so far, keep the smallest set of largest values whose probability
@@ -26,7 +28,7 @@ whose weight exp(z - m) underflows float32 (below about 1e-38 of the maximum's).
 returned is that of the chosen token under the filtered, renormalised distribution.
 
 Rows without a distribution: a row with a NaN, or whose z are all -inf, or (when sampling, not
-greedy) that has a +inf z, gives token -1 and log-prob NaN; it never raises (that would need a
+greedy) that has a +inf logit, gives token -1 and log-prob NaN; it never raises (that would need a
 host synchronisation) and never draws an arbitrary token.
 Per-row tensors are not range-checked on the host (no synchronisation): there, temperature <= 0 or
 NaN means greedy, top_k <= 0 or >= V off, top_p >= 1 or NaN off and <= 0 keeps only the maxima,

@@ -7,7 +7,9 @@ int64 and logprobs [B] float32.
 
 The rule, row by row, with z = logits * (1 / temperature) rounded to float32 (float64 for float64
 logits) and m = max(z):
-  1. temperature <= 0 (or NaN): greedy, the lowest index among the maxima of the logits, log-prob 0.
+  1. temperature <= 0 (or NaN): greedy, the lowest index among the maxima of the logits, log-prob 0;
+     also a temperature so small that the row has no finite max z from finite logits (z overflowed
+     float32: the t -> 0 limit).
   2. top_k in (0, V): keep z >= the k-th largest z (ties at that value are all kept).
   3. top_p < 1: among the tokens kept so far, with weights e = exp(z - m) and total S_k, keep the
      tokens with z >= t, t the largest value such that the kept weight at or above t reaches
@@ -16,7 +18,7 @@ logits) and m = max(z):
   5. draw by inverse CDF in index order: token = the first kept index i whose cumulative weight
      exceeds u * S, S the kept total, u a 53-bit uniform from Philox words 2b and 2b + 1 of stream
      (seed, offset) for row b: u = ((w0 << 21 | w1 >> 11) + 0.5) * 2^-53.
-Rows with a NaN, a +inf z, or no finite z (all -inf) have no distribution: token -1, log-prob NaN
+Rows with a NaN, a +inf logit, or no finite z (all -inf) have no distribution: token -1, log-prob NaN
 (greedy rows: a NaN or all -inf row gives -1 / NaN; +inf is a fine maximum there).
 
 This module sorts (it is the specification, not the fast path); `filtered_probs` returns the exact
@@ -80,9 +82,17 @@ def _prepare(logits, temperature):
     x = logits.to(ct)
     t = temperature.to(ct)
     greedy = ~(t > 0)
-    inv_t = torch.where(greedy, torch.ones_like(t), 1.0 / torch.where(greedy, torch.ones_like(t), t))
+    inv_t = 1.0 / torch.where(greedy, torch.ones_like(t), t)
+    # a row with t > 0 whose z has no finite maximum though its logits are finite is greedy (the t -> 0
+    # limit): 1 / t overflowed, or z did; a +inf logit still leaves a sampled row without a distribution
+    tiny = ~greedy & torch.isinf(inv_t)
+    inv_t = torch.where(greedy | tiny, torch.ones_like(t), inv_t)
     z = x * inv_t[:, None]
     m = z.max(dim=1).values if z.shape[1] else torch.zeros(z.shape[0], dtype=ct, device=z.device)
+    if z.shape[1]:
+        xmax = x.max(dim=1).values
+        tiny = tiny | (~greedy & torch.isinf(m) & ~torch.isnan(m))
+        greedy = greedy | (tiny & (xmax != torch.inf))
     bad = torch.isnan(z).any(dim=1) | (m == torch.inf) | (m == -torch.inf)
     return x, z, m, greedy, bad
 
