@@ -328,6 +328,21 @@ def test_registered_op_matches_eager(gen):
     torch.testing.assert_close(lp, ref_lp, rtol=2e-5, atol=2e-5)
 
 
+def test_compiled_sample_tokens_takes_a_key_tensor(gen):
+    """Under torch.compile(fullgraph=True): a key tensor as generator (as eager accepts) draws the eager
+    tokens, and greedy sampling with no generator needs no key (a torch.Generator cannot be read there)."""
+    from genengine.ops.rng import key_tensor
+
+    x = torch.randn(4, 37, generator=gen)
+    key = key_tensor(int(torch.randint(0, 2**62, (), generator=gen)), 3)
+    eager = S.sample_tokens(x, top_p=0.9, generator=key)
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, k: S.sample_tokens(x, top_p=0.9, generator=k), fullgraph=True, backend="eager")
+    assert torch.equal(f(x, key), eager)
+    g = torch.compile(lambda x: S.sample_tokens(x, temperature=0.0), fullgraph=True, backend="eager")
+    assert torch.equal(g(x), x.argmax(1))
+
+
 def test_empty_batch_and_single_token_vocab():
     assert S.sample_tokens(torch.zeros(0, 5)).shape == (0,)
     assert S.sample_tokens(torch.zeros(3, 1), top_p=0.5, top_k=1).tolist() == [0, 0, 0]

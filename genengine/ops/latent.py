@@ -25,10 +25,9 @@ import torch
 
 from .. import _backends
 from ..reference import latent as ref
-from .rng import draw_key
+from .rng import draw_key, key_ints, op_key
 
 _SUPPORTED = ("torch", "cpp", "triton")
-_MASK64 = (1 << 64) - 1
 
 
 def _prepare(mu, logvar, backend):
@@ -58,10 +57,6 @@ def _kl_dtype(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _signed(v):
-    return v - (1 << 64) if v >= 1 << 63 else v
-
-
 def _forward(name, mu, logvar, seed, offset, want_z, want_kl):
     """(z or None, kl or None); seed/offset as unsigned 64-bit ints."""
     mu, logvar = mu.detach().contiguous(), logvar.detach().contiguous()
@@ -88,25 +83,27 @@ def _forward(name, mu, logvar, seed, offset, want_z, want_kl):
 
 
 # ----------------------------------------------------------------------------------------------
-# torch.library registration (what torch.compile and autograd see). Keys travel as signed int64.
+# torch.library registration (what torch.compile and autograd see). The key travels as an int64 [2]
+# tensor (rng.key_tensor), so that a compiled graph reads it as data: a new key does not recompile.
 
 
 @torch.library.custom_op("genengine::reparameterize_kl", mutates_args=())
-def _reparameterize_kl_op(mu: torch.Tensor, logvar: torch.Tensor, seed: int, offset: int, want_kl: bool,
+def _reparameterize_kl_op(mu: torch.Tensor, logvar: torch.Tensor, key: torch.Tensor, want_kl: bool,
                           backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    z, kl = _forward(backend, mu, logvar, seed & _MASK64, offset & _MASK64, True, want_kl)
+    seed, offset = key_ints(key)
+    z, kl = _forward(backend, mu, logvar, seed, offset, True, want_kl)
     return z, (kl if kl is not None else mu.new_empty(0, dtype=_kl_dtype(mu)))
 
 
 @_reparameterize_kl_op.register_fake
-def _(mu, logvar, seed, offset, want_kl, backend):
+def _(mu, logvar, key, want_kl, backend):
     return torch.empty_like(mu), mu.new_empty(mu.shape[0] if want_kl else 0, dtype=_kl_dtype(mu))
 
 
 def _rk_setup(ctx, inputs, output):
     mu, logvar = inputs[0], inputs[1]
     z, _ = output
-    ctx.want_kl = inputs[4]
+    ctx.want_kl = inputs[3]
     ctx.save_for_backward(mu, logvar, z)
 
 
@@ -118,7 +115,7 @@ def _rk_backward(ctx, gz, gkl):
         g = gkl.to(mu.dtype).reshape((-1,) + (1,) * (mu.dim() - 1))
         dmu = dmu + g * mu
         dlv = dlv + 0.5 * g * torch.expm1(logvar)
-    return dmu, dlv, None, None, None, None
+    return dmu, dlv, None, None, None
 
 
 torch.library.register_autograd("genengine::reparameterize_kl", _rk_backward, setup_context=_rk_setup)
@@ -159,18 +156,18 @@ def reparameterize_kl(mu, logvar, *, generator=None, backend="auto"):
     """(z, kl): z = mu + exp(logvar / 2) * eps (eps: Philox normals keyed by `generator`) and
     kl = KL(N(mu, diag exp(logvar)) || N(0, I)) per sample (B,), in one pass."""
     name = _prepare(mu, logvar, backend)
+    if torch.compiler.is_compiling() or _needs_grad(mu, logvar):  # a key tensor as generator stays data
+        return _reparameterize_kl_op(mu, logvar, op_key(generator, mu.device), True, name)
     seed, offset = draw_key(generator, mu.device)
-    if torch.compiler.is_compiling() or _needs_grad(mu, logvar):
-        return _reparameterize_kl_op(mu, logvar, _signed(seed), _signed(offset), True, name)
     return _forward(name, mu, logvar, seed, offset, True, True)
 
 
 def reparameterize(mu, logvar, *, generator=None, backend="auto"):
     """z = mu + exp(logvar / 2) * eps, eps standard normals from the Philox stream keyed by `generator`."""
     name = _prepare(mu, logvar, backend)
-    seed, offset = draw_key(generator, mu.device)
     if torch.compiler.is_compiling() or _needs_grad(mu, logvar):
-        return _reparameterize_kl_op(mu, logvar, _signed(seed), _signed(offset), False, name)[0]
+        return _reparameterize_kl_op(mu, logvar, op_key(generator, mu.device), False, name)[0]
+    seed, offset = draw_key(generator, mu.device)
     return _forward(name, mu, logvar, seed, offset, True, False)[0]
 
 

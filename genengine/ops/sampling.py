@@ -225,16 +225,19 @@ def sample_tokens(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, gen
     _check_logits(logits)
     params = _params(logits, temperature, top_k, top_p, min_p)
     name = _backends.resolve(backend, _backends.device_type(logits), _SUPPORTED, logits.dtype in _DTYPE_CODE)
-    seed, offset = rng.draw_key(generator, logits.device)
     logits = _rows(logits)
     if torch.compiler.is_compiling():
         b = logits.shape[0]
         t = [_as_tensor(params[n], b, d, logits.device) for n, d in
              (("temperature", torch.float32), ("top_k", torch.int64), ("top_p", torch.float32),
               ("log_min_p", torch.float32))]
-        key = rng.key_tensor(seed, offset)
+        # a key tensor as generator stays data in the graph; greedy sampling needs no key at all (a
+        # torch.Generator cannot be read inside a graph)
+        greedy = generator is None and not isinstance(params["temperature"], torch.Tensor) and params["temperature"] == 0
+        key = rng.key_tensor(0, 0) if greedy else rng.op_key(generator, logits.device)
         tokens, logprobs = _sample_tokens_op(logits, *t, key, name)
     else:
+        seed, offset = rng.draw_key(generator, logits.device)
         tokens, logprobs = _run(name, logits, params, seed, offset, return_logprobs)
     return (tokens, logprobs) if return_logprobs else tokens
 
