@@ -362,25 +362,6 @@ def test_save_load_roundtrip(tmp_path, gen):
     assert torch.equal(m.sample(3, length=10, generator=g1), back.sample(3, length=10, generator=g2))
 
 
-
-def test_save_load_keeps_the_fit_record(tmp_path, gen):
-    # a huge tol stops after two iterations with converged_ True: every field differs from its unfitted default
-    m = ge.models.HMM(3, n_iter=5, tol=1e9, random_state=0)
-    m.fit(_three_state().sample(4, length=30, generator=gen), progress=False)
-    assert (m.n_iter_, m.converged_, len(m.history_)) == (2, True, 2)
-    m.save(tmp_path / "hmm.pt")
-    back = ge.models.load(tmp_path / "hmm.pt")
-    assert (back.n_iter_, back.converged_, back.history_) == (m.n_iter_, m.converged_, m.history_)
-    # a state dict written before the fit record was kept lacks its key: it still loads (strictly), its
-    # parameters arrive, and the model claims no fit record it was not given
-    old = {k: v for k, v in m.state_dict().items() if k != "_extra_state"}
-    assert len(old) == len(m.state_dict()) - 1
-    other = ge.models.load(tmp_path / "hmm.pt")
-    other.transmat_ = torch.full((3, 3), 1.0 / 3)
-    other.load_state_dict(old)
-    assert torch.equal(other.transmat_, m.transmat_)
-    assert (other.n_iter_, other.converged_, other.history_) == (0, False, [])
-
 def test_model_bad_inputs():
     m = _three_state()
     with pytest.raises(ValueError, match="emission"):

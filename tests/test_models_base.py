@@ -185,6 +185,26 @@ def test_checksum_covers_the_configuration_and_old_files_still_load(tmp_path, ge
         _Counted.load(bad)
 
 
+@pytest.mark.parametrize("family", ["HMM", "PPCA", "FactorAnalysis"])
+def test_fit_record_survives_save_load_and_old_state_dicts(family, tmp_path, gen):
+    """FitRecord: n_iter_, converged_ and history_ come back from a file; a state dict written before
+    they were kept lacks its `_extra_state` key, loads strictly, and leaves no record it did not hold."""
+    x = torch.randn(60, 3, generator=gen, dtype=torch.float64) @ torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    make = {"HMM": lambda: ge.models.HMM(2, n_iter=5, tol=1e9, random_state=0),
+            "PPCA": lambda: ge.models.PPCA(1, tol=1e9), "FactorAnalysis": lambda: ge.models.FactorAnalysis(1, tol=1e9)}
+    m = make[family]().fit(x, progress=False)  # a huge tol stops after two iterations, converged
+    assert (m.n_iter_, m.converged_, len(m.history_)) == (2, True, 2)
+    m.save(tmp_path / "m.pt")
+    back = ge.models.load(tmp_path / "m.pt")
+    assert (back.n_iter_, back.converged_, back.history_) == (m.n_iter_, m.converged_, m.history_)
+    old = {k: v for k, v in m.state_dict().items() if k != "_extra_state"}
+    assert len(old) == len(m.state_dict()) - 1
+    other = ge.models.load(tmp_path / "m.pt")
+    other.load_state_dict(old)
+    assert (other.n_iter_, other.converged_, other.history_) == (0, False, [])
+    assert torch.equal(other.log_prob(x), m.log_prob(x))
+
+
 def test_corrupted_zip_trailer_is_a_model_file_error(tmp_path):
     _Gauss(4).save(tmp_path / "g.pt")
     raw = bytearray((tmp_path / "g.pt").read_bytes())
