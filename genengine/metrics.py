@@ -174,21 +174,74 @@ def _lower_of_congruence(lo, s, block=256):
     return out
 
 
+def _times_pow2(t, e):
+    """t * 2**e, exact away from subnormals; in steps, because 2**e alone over/underflows for |e| > 1023
+    (the range a scale between the smallest subnormal and the largest double needs)."""
+    while e:
+        step = max(-1000, min(1000, e))
+        t = t * math.ldexp(1.0, step)
+        e -= step
+    return t
+
+
+def _check_psd(name, sigma):
+    """ValueError unless sigma (symmetric, already scaled to order 1) is positive semi-definite up to
+    rounding. Cholesky of sigma + 1e-6 Tr(sigma) I succeeds exactly when no eigenvalue lies below
+    -1e-6 Tr(sigma) (Tr >= the largest eigenvalue, and it grows with D like the rounding in a
+    computed covariance does, so float32-built singular covariances still pass); one Cholesky is far
+    cheaper than the eigenvalues, which are only computed for the message."""
+    tr = float(torch.trace(sigma))
+    if tr == 0:  # a PSD matrix with a zero diagonal is zero
+        if bool((sigma != 0).any()):
+            raise ValueError(f"{name}: a covariance must be positive semi-definite; this one has a zero diagonal "
+                             "but nonzero off-diagonal entries")
+        return
+    shifted = sigma.clone()
+    shifted.diagonal().add_(1e-6 * tr)
+    if int(torch.linalg.cholesky_ex(shifted)[1]) != 0:
+        w = torch.linalg.eigvalsh(sigma)
+        raise ValueError(f"{name}: a covariance must be positive semi-definite; its smallest eigenvalue is "
+                         f"{float(w[0] / w[-1].clamp_min(1e-300)):.3g} times its largest")
+
+
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """The squared Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), a Python float >= 0.
 
     mu (D,), sigma (D, D) symmetric positive semi-definite (tensors or arrays, any float dtype; the
     computation is float64 on their device). Finite for every valid covariance, including singular
-    (rank-deficient) and ill-conditioned ones.
+    (rank-deficient) and ill-conditioned ones, at any scale (a distance past the float64 range raises
+    ValueError).
     """
     mu1, sigma1 = _check_stats("mu1", mu1, "sigma1", sigma1)
     mu2, sigma2 = _check_stats("mu2", mu2, "sigma2", sigma2)
     if mu1.shape != mu2.shape:
         raise ValueError(f"mu2: expected {mu1.shape[0]} dimensions to match mu1, got {mu2.shape[0]}")
     mu2, sigma2 = mu2.to(mu1.device), sigma2.to(mu1.device)
-    diff = mu1 - mu2
-    d = diff @ diff + torch.trace(sigma1) + torch.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2)
-    return max(float(d), 0.0)
+    # The covariance part is homogeneous of degree 1 in (sigma1, sigma2) jointly, but L^T S2 L is of
+    # order scale^2 and over/underflows long before the answer does (1e300 I gave NaN, 1e-200 lost
+    # digits silently). So both covariances are divided by one power of 4 that brings the larger
+    # diagonal to order 1 (a power of two: exact, so ordinary inputs give bit-identical matrices),
+    # and the result is scaled back. The mean term gets its own power of two for the same reason.
+    scale = max(float(torch.diagonal(sigma1).max()), float(torch.diagonal(sigma2).max()))
+    k = math.frexp(scale)[1] // 2 if scale > 0 else 0
+    sigma1, sigma2 = _times_pow2(sigma1, -2 * k), _times_pow2(sigma2, -2 * k)
+    _check_psd("sigma1", sigma1)
+    _check_psd("sigma2", sigma2)
+    cov_part = float(torch.trace(sigma1) + torch.trace(sigma2) - 2 * _trace_sqrt_product(sigma1, sigma2))
+    diff, j = mu1 - mu2, 0
+    if not bool(torch.isfinite(diff).all()):  # finite means whose difference overflows: halve first
+        diff, j = mu1 * 0.5 - mu2 * 0.5, 1
+    dmax = float(diff.abs().max())
+    if dmax > 0:
+        e = math.frexp(dmax)[1]
+        diff, j = _times_pow2(diff, -e), j + e
+    try:
+        d = math.ldexp(float(diff @ diff), 2 * j) + math.ldexp(cov_part, 2 * k)
+    except OverflowError:
+        d = math.inf
+    if not math.isfinite(d):
+        raise ValueError("mu1/sigma1/mu2/sigma2: the Frechet distance of these statistics exceeds the float64 range")
+    return max(d, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -464,6 +517,8 @@ def kid(real, fake, *, feature_extractor=None, subsets: int = 100, subset_size: 
     """
     subsets = positive_int("subsets", subsets)
     subset_size = positive_int("subset_size", subset_size)
+    if subset_size < 2:  # the unbiased within-set terms average over m (m - 1) pairs
+        raise ValueError(f"subset_size: expected at least 2 (the unbiased estimate needs pairs), got {subset_size}")
     degree = positive_int("degree", degree)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
@@ -489,6 +544,13 @@ def kid(real, fake, *, feature_extractor=None, subsets: int = 100, subset_size: 
         off = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
         vals.append(off - 2 * kxy.mean())
     v = torch.stack(vals)
+    # Whether (gamma x.y + coef0) ** degree overflows depends on all three and on the features'
+    # scale together, so no bound on one argument is right (degree 300 is harmless when the base
+    # stays near 1): the result is checked instead, once, after every subset.
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"degree/gamma/coef0: the kernel (gamma x.y + coef0) ** degree overflows float64 on these "
+                         f"features (degree={degree}, gamma={gamma!r}, coef0={coef0!r}); lower degree or "
+                         "bring gamma x.y + coef0 nearer 1")
     return float(v.mean()), (float(v.std()) if subsets > 1 else 0.0)
 
 
@@ -603,6 +665,13 @@ def perplexity(logits, targets, *, ignore_index: int | None = -100) -> float:
                          f"got values in [{int(kept.min())}, {int(kept.max())}]")
     lp = torch.log_softmax(lg[keep], dim=-1)
     nll = -lp.gather(1, kept[:, None]).squeeze(1)
+    # NaN and +inf logits were refused, so a NaN here means a scored row with every logit -inf: its
+    # softmax is 0/0, no distribution at all (typically a mask that hid the whole vocabulary), so
+    # there is no likelihood to report. A -inf target logit in an otherwise valid row is different:
+    # probability 0, NLL +inf, and perplexity +inf is the right answer, returned as such.
+    if bool(torch.isnan(nll).any()):
+        pos = tuple(int(i) for i in keep.nonzero()[int(torch.isnan(nll).nonzero()[0])])
+        raise ValueError(f"logits: every logit is -inf at scored position {pos} (no probability distribution)")
     return float(torch.exp(nll.mean()))
 
 
@@ -617,9 +686,14 @@ def clip_score(image_embeddings, text_embeddings, *, reduction: str = "mean"):
     b = _features2d("text_embeddings", text_embeddings)
     if a.shape != b.shape:
         raise ValueError(f"text_embeddings: expected shape {tuple(a.shape)} (one per image, same D), got {tuple(b.shape)}")
+    if a.shape[0] == 0:
+        raise ValueError(f"image_embeddings: expected at least one embedding (N >= 1), got shape {tuple(a.shape)}")
     b = b.to(a.device)
-    na, nb = a.norm(dim=1), b.norm(dim=1)
-    if bool((na == 0).any()) or bool((nb == 0).any()):
+    # Each row is divided by its largest |entry| before the norm: the cosine is scale-invariant,
+    # but squares of entries near 1e160 overflow (NaN) and near 1e-170 underflow (a "zero" vector).
+    ma, mb = a.abs().amax(1, keepdim=True), b.abs().amax(1, keepdim=True)
+    if bool((ma == 0).any()) or bool((mb == 0).any()):
         raise ValueError("image_embeddings/text_embeddings: a zero embedding has no direction (cosine undefined)")
-    s = 100 * ((a * b).sum(1) / (na * nb)).clamp_min(0)
+    a, b = a / ma, b / mb
+    s = 100 * ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).clamp_min(0)
     return float(s.mean()) if reduction == "mean" else s

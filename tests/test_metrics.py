@@ -381,3 +381,83 @@ def test_public_names():
     for name in ("frechet_distance", "fid", "kid", "inception_score", "perplexity", "precision_recall", "clip_score"):
         assert callable(getattr(ge.metrics, name))
     assert os.path.basename(M.__file__) == "metrics.py"
+
+
+# ----------------------------------------------------------------------------------------------
+# extreme but finite inputs (found by fuzzing)
+
+
+def test_frechet_is_exact_at_extreme_scales(gen):
+    z, eye = torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    assert M.frechet_distance(z, 1e300 * eye, z, 1e300 * eye) == 0.0  # gave NaN: L^T S2 L overflowed
+    a = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    b = torch.randn(40, 3, generator=gen, dtype=torch.float64) * 2 + 1
+    base = M.fid(a, b)
+    # FD is homogeneous of degree 2 in a common scale c of the features
+    for c in (1e-150, 1e-100, 1e100, 1e150):
+        assert M.fid(a * c, b * c) / c**2 == pytest.approx(base, rel=1e-9)
+    # covariances at very different scales: the small one is negligible, the answer is Tr(big)
+    assert M.frechet_distance(z, 1e300 * eye, z, 1e-300 * eye) == pytest.approx(2e300, rel=1e-12)
+    # equal huge means cancel exactly; the covariance term survives
+    mu = torch.full((2,), 1e300, dtype=torch.float64)
+    assert M.frechet_distance(mu, eye, mu, 4 * eye) == pytest.approx(2.0, rel=1e-12)
+
+
+def test_frechet_distance_past_float64_range_raises():
+    eye = torch.eye(2, dtype=torch.float64)
+    big = torch.full((2,), 1e200, dtype=torch.float64)
+    with pytest.raises(ValueError, match="exceeds the float64 range"):
+        M.frechet_distance(big, eye, -big, eye)  # |mu1 - mu2|^2 = 8e400
+    top = torch.full((2,), 1.7e308, dtype=torch.float64)
+    with pytest.raises(ValueError, match="exceeds the float64 range"):
+        M.frechet_distance(top, eye, -top, eye)  # mu1 - mu2 itself overflows
+
+
+def test_frechet_rejects_covariance_that_is_not_psd():
+    z, eye = torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)  # eigenvalues 3 and -1
+    with pytest.raises(ValueError, match="sigma1: .*positive semi-definite"):
+        M.frechet_distance(z, indefinite, z, eye)
+    with pytest.raises(ValueError, match="sigma2: .*positive semi-definite"):
+        M.frechet_distance(z, eye, z, indefinite * 1e-200)  # at any scale
+    # a zero diagonal entry with a nonzero off-diagonal one (the dead-feature route would hide it)
+    with pytest.raises(ValueError, match="sigma1: .*positive semi-definite"):
+        M.frechet_distance(z, torch.tensor([[0.0, 1.0], [1.0, 1.0]]), z, eye)
+    # rounding-level negative eigenvalues of a singular covariance are accepted
+    x = torch.randn(3, 40, dtype=torch.float64)
+    singular = (x.T @ x).float()  # rank 3 of 40, built in float32
+    assert math.isfinite(M.frechet_distance(torch.zeros(40), singular, torch.zeros(40), singular))
+
+
+def test_kid_rejects_subset_size_one_and_kernel_overflow(gen):
+    x, y = torch.randn(30, 4, generator=gen), torch.randn(20, 4, generator=gen)
+    with pytest.raises(ValueError, match="subset_size"):
+        M.kid(x, y, subset_size=1)  # returned (nan, nan): m (m - 1) = 0
+    with pytest.raises(ValueError, match="degree/gamma/coef0: .*overflows"):
+        M.kid(x * 10, y * 10, subsets=2, subset_size=10, degree=300, generator=gen)
+    with pytest.raises(ValueError, match="degree/gamma/coef0: .*overflows"):
+        M.kid(x, y, subsets=2, subset_size=10, coef0=1e200, generator=gen)
+    mean, std = M.kid(x * 1e-3, y * 1e-3, subsets=2, subset_size=10, degree=300, generator=gen)
+    assert math.isfinite(mean) and math.isfinite(std)  # a high degree alone is fine when the base stays near 1
+
+
+def test_perplexity_all_neg_inf_row_raises_and_zero_probability_target_is_inf():
+    logits = torch.zeros(2, 3, 4)
+    logits[1, 2] = -math.inf
+    with pytest.raises(ValueError, match=r"logits: every logit is -inf at scored position \(1, 2\)"):
+        M.perplexity(logits, torch.zeros(2, 3, dtype=torch.long))  # returned NaN
+    targets = torch.zeros(2, 3, dtype=torch.long)
+    targets[1, 2] = -100  # an ignored all -inf row is never scored
+    assert M.perplexity(logits, targets) == pytest.approx(4.0, rel=1e-12)
+    one_dead_class = torch.tensor([[0.0, -math.inf, 0.0]])
+    assert M.perplexity(one_dead_class, torch.tensor([1])) == math.inf  # probability 0: perplexity +inf
+
+
+def test_clip_score_empty_and_extreme_magnitudes(gen):
+    with pytest.raises(ValueError, match="image_embeddings: expected at least one embedding"):
+        M.clip_score(torch.zeros(0, 4), torch.zeros(0, 4))  # returned NaN
+    a = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    b = torch.randn(6, 4, generator=gen, dtype=torch.float64)
+    want = M.clip_score(a, b, reduction="none")
+    for c in (1e160, 1e-170):  # squares overflow to inf (NaN) / underflow to 0 ("zero embedding")
+        torch.testing.assert_close(M.clip_score(a * c, b * c, reduction="none"), want, rtol=1e-12, atol=1e-12)
