@@ -460,3 +460,19 @@ def test_half_conversions_round_like_torch(dtype):
         want = (x.float() * torch.tensor(scale, dtype=torch.float32) + 0.0).to(dtype)
         same = (out.view(torch.int16) == want.view(torch.int16)) | (torch.isnan(out) & torch.isnan(want))
         assert bool(same.all()), (scale, x[~same][:5], out[~same][:5], want[~same][:5])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dpmpp_2m_zero_size_step_returns_x_unchanged(backend, dtype, gen):
+    """sigma_next == sigma (h = 0, as Karras sigmas ending at sigma_min give): the second-order update is
+    the identity, so x comes back bit-exact and x0 is still this step's prediction."""
+    t = _inputs((2, 3, 5, 7), dtype, gen, prev=True)
+    x_next, x0 = ge.ops.dpmpp_2m_step(t["x"], t["model_out"], 0.7, 0.7, prev_x0=t["prev_x0"], sigma_prev=1.3,
+                                      uncond=t["uncond"], guidance_scale=2.5, prediction="v", backend=backend)
+    assert torch.equal(x_next, t["x"])
+    _, want_x0 = R.dpmpp_2m_step(t["x"], t["model_out"], 0.7, 0.0, uncond=t["uncond"], guidance_scale=2.5,
+                                 prediction="v")
+    _assert_close(x0, want_x0, dtype, f"x0 of a zero-size step [{backend}]")
+    with pytest.raises(ValueError, match="sigma_next"):  # a step up in noise is still refused
+        ge.ops.dpmpp_2m_step(t["x"], t["model_out"], 0.7, 0.8, prev_x0=t["prev_x0"], sigma_prev=1.3, backend=backend)

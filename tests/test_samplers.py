@@ -485,3 +485,71 @@ def test_cuda_graph_with_a_unet():
         graphed = smp.sample(unet, x_T, guidance_scale=2.0, cond=cond, uncond=uncond, cuda_graph=True)
     assert smp._graphs, "the UNet loop should be capturable"
     torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_dpmpp_2m_karras_ending_at_sigma_min_takes_a_zero_size_final_step(backend, gen):
+    """Karras sigmas end at sigma_min, which final_sigmas_type="sigma_min" appends again: the last step has
+    h = 0 and must leave x as it is, whether it is planned first or second order."""
+    s = NoiseSchedule.scaled_linear()
+    kw = dict(use_karras_sigmas=True, final_sigmas_type="sigma_min", backend=backend)
+    second = DPMSolverPP2M(s, 8, lower_order_final=False, **kw)
+    first = DPMSolverPP2M(s, 8, lower_order_final=True, **kw)
+    assert second.sigmas[-1] == second.sigmas[-2]
+    assert second._steps[-1].coefs()[2:] == [1.0, 0.0, 0.0, 0.0, 0.0]  # x_next = x
+    x_T = torch.randn(SHAPE, generator=gen)
+    got = second.sample(dummy_model, x_T)
+    assert torch.isfinite(got).all()
+    assert torch.equal(got, first.sample(dummy_model, x_T))
+    assert torch.isfinite(DPMSolverPP2M(s, 25, **kw).sample(dummy_model, x_T)).all()  # steps >= 15: second order
+
+
+def test_dpmpp_2m_repeated_timesteps_are_refused_naming_steps():
+    s = NoiseSchedule.linear(50)
+    for spacing in ("linspace", "leading"):  # steps == T repeats a timestep
+        with pytest.raises(ValueError, match="^steps: 50 "):
+            DPMSolverPP2M(s, 50, timestep_spacing=spacing)
+    # first order has no history to divide by: the repeated timestep is a zero-size step
+    out = DPMSolverPP2M(s, 50, solver_order=1).sample(dummy_model, torch.randn(SHAPE))
+    assert torch.isfinite(out).all()
+    DPMSolverPP2M(s, 49)  # distinct timesteps still build
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_guidance_tensor_must_be_finite(bad):
+    s = SCHEDULES["linear"]
+    x, c = torch.randn(2, 3), torch.randn(2, 3)
+    with pytest.raises(ValueError, match="guidance_scale: expected finite"):
+        DDIM(s, 3).sample(dummy_model, x, guidance_scale=torch.tensor([bad, 1.0]), cond=c, uncond=c)
+
+
+@pytest.mark.parametrize("cls", [Euler, EulerAncestral, DPMSolverPP2M])
+def test_karras_sigma_min_must_be_below_sigma_max(cls):
+    s = NoiseSchedule.scaled_linear()
+    with pytest.raises(ValueError, match="sigma_min, sigma_max"):
+        cls(s, 5, use_karras_sigmas=True, sigma_min=20.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="sigma_min, sigma_max"):  # above the schedule's own sigma_max (~14.6)
+        cls(s, 5, use_karras_sigmas=True, sigma_min=20.0)
+    cls(s, 5, use_karras_sigmas=True, sigma_min=0.5, sigma_max=20.0)
+
+
+def test_schedule_alphas_cumprod_must_stay_inside_zero_one():
+    with pytest.raises(ValueError, match="^betas: alphas_cumprod rounds to 1"):  # float32: 1 - 1e-9 == 1
+        NoiseSchedule.from_betas(torch.full((5,), 1e-9))
+    with pytest.raises(ValueError, match="^num_train_timesteps.*underflows to 0"):
+        NoiseSchedule.linear(30000)
+    with pytest.raises(ValueError, match="^betas: alphas_cumprod underflows"):
+        NoiseSchedule.from_betas([0.5] * 2000)
+    assert NoiseSchedule.from_betas(torch.full((5,), 1e-9, dtype=torch.float64)).sigmas.min() > 0
+
+
+def test_add_noise_checks_t():
+    s = NoiseSchedule.linear(10)
+    x0, noise = torch.ones(1, 2), torch.zeros(1, 2)
+    for t in (-1, 10):  # -1 would silently index the last timestep, 10 past the end
+        with pytest.raises(ValueError, match=r"^t: expected timesteps in 0\.\.9"):
+            s.add_noise(x0, noise, torch.tensor([t]))
+    with pytest.raises(TypeError, match="^t:"):
+        s.add_noise(x0, noise, torch.tensor([0.5]))
+    got = s.add_noise(x0, noise, torch.tensor([9], dtype=torch.int32))
+    assert torch.allclose(got, torch.full((1, 2), float(s.alphas_cumprod[9]) ** 0.5))

@@ -113,3 +113,18 @@ def test_config_keys_for_other_schedulers_are_ignored_and_unsupported_ones_rejec
     assert smp.prediction == "v" and smp.eta == 0.5
     # diffusers' DDIM clips by default; our constructor does not
     assert DDIM.from_diffusers_config({}, 10).clip_x0 == 1.0 and DDIM(ge.diffusion.NoiseSchedule.linear(), 10).clip_x0 is None
+
+
+@pytest.mark.parametrize("steps,config", [
+    (20, {**SD, "use_karras_sigmas": True, "final_sigmas_type": "sigma_min"}),  # steps >= 15: second-order last step
+    (8, {**SD, "use_karras_sigmas": True, "final_sigmas_type": "sigma_min", "lower_order_final": False}),
+])
+def test_dpmpp_2m_zero_size_final_step_matches_diffusers(steps, config):
+    """The last Karras sigma equals the appended sigma_min: a step with h = 0, the identity in diffusers."""
+    x_T = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    t_want, want = _diffusers_loop("DPMSolverMultistepScheduler", config, steps, x_T)
+    smp = DPMSolverPP2M.from_diffusers_config({"_class_name": "DPMSolverMultistepScheduler", **config}, steps)
+    got = smp.sample(dummy_model, x_T)
+    assert torch.equal(smp.timesteps, t_want.to(smp.timesteps.dtype))
+    assert torch.isfinite(want).all()
+    assert (got - want).abs().max().item() <= 2e-6 * max(1.0, want.abs().max().item())

@@ -115,6 +115,8 @@ def _check_guidance(guidance_scale, batch, device):
             raise ValueError(f"guidance_scale: expected a number or one weight per sample ({batch}), "
                              f"got a tensor of shape {tuple(guidance_scale.shape)}")
         if guidance_scale.device.type == "cpu":  # a device tensor is not read back: that would sync
+            if not bool(torch.isfinite(guidance_scale).all()):  # NaN / inf would silently turn samples NaN
+                raise ValueError("guidance_scale: expected finite weights, got NaN or inf")
             if bool((guidance_scale < 0).any()):
                 raise ValueError("guidance_scale: expected weights >= 0")
             if guidance_scale.device != device:
@@ -511,6 +513,11 @@ class _SigmaSampler(Sampler):
     def _karras_range(self, default_min, default_max):
         lo = self.sigma_min if self.sigma_min is not None else float(default_min)
         hi = self.sigma_max if self.sigma_max is not None else float(default_max)
+        # sigma_min > sigma_max would give an increasing (noise-adding) schedule
+        if not lo < hi:
+            raise ValueError(f"sigma_min, sigma_max: Karras sigmas need sigma_min < sigma_max, got sigma_min={lo}, "
+                             f"sigma_max={hi}" + ("" if self.sigma_min is not None and self.sigma_max is not None
+                                                   else " (the other one is the schedule's)"))
         return lo, hi
 
     def _euler_sigmas(self):
@@ -634,6 +641,12 @@ class DPMSolverPP2M(_SigmaSampler):
             first_order = (self.solver_order == 1 or i == 0 or (last and (
                 self.euler_at_final or (self.lower_order_final and n < 15) or self.final_sigmas_type == "zero")))
             sigma_prev = None if first_order else self._sig[i - 1]
+            if sigma_prev is not None and sigma_prev == self._sig[i]:
+                # a repeated timestep (more steps than the spacing has distinct timesteps, e.g. steps == T):
+                # the step after it has no log-SNR gap to its history (diffusers divides by zero there)
+                raise ValueError(f"steps: {n} steps with timestep_spacing={self.timestep_spacing!r} repeat timestep "
+                                 f"{int(self.timesteps[i])} of the schedule's {T}; DPM-Solver++(2M) needs distinct "
+                                 "timesteps (use fewer steps or solver_order=1)")
             plans.append(self._vp(i, steps_ops.dpmpp_2m_plan(self._sig[i], self._sig[i + 1], sigma_prev, **self._limits())))
         self._steps = plans
 

@@ -27,13 +27,28 @@ def _beta_range(beta_start, beta_end):
             raise ValueError(f"{name}: expected a number in (0, 1), got {v!r}")
 
 
+def _check_alphas_cumprod(acp, source):
+    """Every alpha_bar must lie strictly in (0, 1): at 1 the noise level sigma is 0, at 0 it is
+    infinite, and either breaks every sampler later with a message about alpha_bar or sigma."""
+    if not bool(torch.isfinite(acp).all()):
+        raise ValueError(f"{source}: alphas_cumprod must be finite")
+    at_one = (acp >= 1).nonzero()
+    if at_one.numel():
+        raise ValueError(f"{source}: alphas_cumprod rounds to 1 up to t={int(at_one[-1])} (noise level 0): the betas "
+                         "are too small for the precision of the cumulative product (float32 for float32 betas)")
+    at_zero = (acp <= 0).nonzero()
+    if at_zero.numel():
+        raise ValueError(f"{source}: alphas_cumprod underflows to 0 from t={int(at_zero[0])} (infinite noise "
+                         "level): too many timesteps or too large betas")
+
+
 class NoiseSchedule:
     """T training noise levels. Build with `.linear`, `.scaled_linear`, `.cosine` or `.from_betas`.
 
     Attributes (float64, CPU, length T): betas, alphas_cumprod, sigmas; num_train_timesteps = T.
     """
 
-    def __init__(self, betas, *, kind="custom", alphas_cumprod=None):
+    def __init__(self, betas, *, kind="custom", alphas_cumprod=None, source="betas"):
         if not isinstance(betas, torch.Tensor):
             try:
                 betas = torch.as_tensor(betas, dtype=torch.float64)
@@ -48,9 +63,11 @@ class NoiseSchedule:
             raise ValueError("betas: every beta must lie in (0, 1)")
         if alphas_cumprod is None:
             alphas_cumprod = torch.cumprod(1.0 - betas.detach().cpu(), dim=0)
+        alphas_cumprod = alphas_cumprod.to(torch.float64)
+        _check_alphas_cumprod(alphas_cumprod, source)
         self.kind = kind
         self.betas = b
-        self.alphas_cumprod = alphas_cumprod.to(torch.float64)
+        self.alphas_cumprod = alphas_cumprod
         self.sigmas = ((1.0 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()
 
     # -- constructors ---------------------------------------------------------------------------
@@ -61,7 +78,7 @@ class NoiseSchedule:
         _positive_int("num_train_timesteps", num_train_timesteps)
         _beta_range(beta_start, beta_end)
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-        return cls._from_float32(betas, "linear")
+        return cls._from_float32(betas, "linear", "num_train_timesteps, beta_start, beta_end")
 
     @classmethod
     def scaled_linear(cls, num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012):
@@ -69,7 +86,7 @@ class NoiseSchedule:
         _positive_int("num_train_timesteps", num_train_timesteps)
         _beta_range(beta_start, beta_end)
         betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
-        return cls._from_float32(betas, "scaled_linear")
+        return cls._from_float32(betas, "scaled_linear", "num_train_timesteps, beta_start, beta_end")
 
     @classmethod
     def cosine(cls, num_train_timesteps=1000, max_beta=0.999):
@@ -84,7 +101,7 @@ class NoiseSchedule:
 
         n = num_train_timesteps
         betas = [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
-        return cls._from_float32(torch.tensor(betas, dtype=torch.float32), "cosine")
+        return cls._from_float32(torch.tensor(betas, dtype=torch.float32), "cosine", "num_train_timesteps, max_beta")
 
     @classmethod
     def from_betas(cls, betas):
@@ -116,8 +133,8 @@ class NoiseSchedule:
         raise ValueError(f"config['beta_schedule']: expected one of {_BETA_SCHEDULES}, got {kind!r}")
 
     @classmethod
-    def _from_float32(cls, betas32, kind):
-        return cls(betas32.to(torch.float64), kind=kind, alphas_cumprod=torch.cumprod(1.0 - betas32, dim=0))
+    def _from_float32(cls, betas32, kind, source="betas"):
+        return cls(betas32.to(torch.float64), kind=kind, alphas_cumprod=torch.cumprod(1.0 - betas32, dim=0), source=source)
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -127,7 +144,17 @@ class NoiseSchedule:
 
     def add_noise(self, x0, noise, t):
         """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise, for training; t is an int64 tensor
-        (B,) of timesteps on x0's device."""
+        (B,) of timesteps in 0 .. T-1 on x0's device."""
+        if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"t: expected an integer tensor of timesteps, got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        T = self.num_train_timesteps
+        if t.numel():
+            # read back even from a GPU (one sync, at training time): indexing with t < 0 silently wraps
+            # around and t >= T is an out-of-bounds read
+            lo, hi = (int(v) for v in torch.aminmax(t))
+            if lo < 0 or hi >= T:
+                raise ValueError(f"t: expected timesteps in 0..{T - 1}, got values in {lo}..{hi}")
         a = self.alphas_cumprod.to(device=x0.device, dtype=torch.float32)[t]
         shape = (-1,) + (1,) * (x0.dim() - 1)
         return (a.sqrt().reshape(shape) * x0 + (1.0 - a).sqrt().reshape(shape) * noise).to(x0.dtype)

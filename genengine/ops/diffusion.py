@@ -805,7 +805,8 @@ def dpmpp_2m_step(x, model_out, sigma, sigma_next, *, prev_x0=None, sigma_prev=N
 
 def dpmpp_2m_plan(sigma, sigma_next, sigma_prev=None, prediction="epsilon", clip_x0=None, dynamic_threshold=None):
     """dpmpp_2m_step's checked scalars as the fused kernel's coefficients (a _Step); second order when
-    sigma_prev (the noise level of the previous x0) is given and sigma_next > 0."""
+    sigma_prev (the noise level of the previous x0) is given and 0 < sigma_next < sigma; a zero-size
+    step (sigma_next == sigma) returns x unchanged."""
     s, sn = _sigmas(sigma, sigma_next)
     pred = _prediction(prediction)
     clip = _clip_range(clip_x0)
@@ -816,9 +817,12 @@ def dpmpp_2m_plan(sigma, sigma_next, sigma_prev=None, prediction="epsilon", clip
         sp = _scalar("sigma_prev", sigma_prev)
         if not sp > s:
             raise ValueError(f"sigma_prev: expected a noise level above sigma ({s}), got {sp}")
-        if sn >= s:
-            raise ValueError(f"sigma_next: a second-order step needs sigma_next < sigma ({s}), got {sn}")
-    if sigma_prev is None or sn == 0:
+        if sn > s:
+            raise ValueError(f"sigma_next: a second-order step needs sigma_next <= sigma ({s}), got {sn}")
+    # sigma_next == sigma (h = 0; e.g. Karras sigmas ending at sigma_min with final_sigmas_type="sigma_min"):
+    # the second-order update is the identity there (diffusers' too), so take the first-order form,
+    # whose coefficients are exactly x_next = 1 * x + 0 * x0 on every backend
+    if sigma_prev is None or sn == 0 or sn == s:
         return _Step(kx, kp, r, 0.0, 1.0 - r, clip=clip, want_x0=True, thresh=thresh)
     h = math.log(s / sn)
     ratio = math.log(sp / s) / h
