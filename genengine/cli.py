@@ -39,16 +39,17 @@ def _parser():
     parser = argparse.ArgumentParser(prog="genengine", description="genengine: kernels for generative models",
                                      epilog="`genengine bench --help` lists the suite's options.")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.subcommands = {}  # a subcommand's own errors print its own usage line, not the top-level one
     p = sub.add_parser("info", help="what was built, available backends, versions, devices")
     _common(p)
     sub.add_parser("bench", help="the benchmark suite (options as python -m genengine.bench) and --plot", add_help=False)
-    p = sub.add_parser("demo", help="fit a family on its toy data and draw samples beside the data")
+    p = parser.subcommands["demo"] = sub.add_parser("demo", help="fit a family on its toy data and draw samples beside the data")
     p.add_argument("family", help="a family name, 'all' (every family and the gallery) or 'list'")
     p.add_argument("--out", default="genengine-demo", help="directory for the pictures (default: ./genengine-demo)")
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps (a smoke test, not a picture to keep)")
     p.add_argument("--seed", type=int, default=0)
     _common(p)
-    p = sub.add_parser("sample", help="draw samples from a model file written by model.save()")
+    p = parser.subcommands["sample"] = sub.add_parser("sample", help="draw samples from a model file written by model.save()")
     p.add_argument("model_file")
     p.add_argument("-n", type=int, required=True, help="number of samples")
     p.add_argument("--out", required=True, help="output file: .pt (tensor), .npy, .csv (2-D samples) or .png (picture)")
@@ -73,12 +74,49 @@ def main(argv=None):
         if args.command == "info":
             return _info(args)
         if args.command == "demo":
-            return _demo(args, parser)
+            return _demo(args, parser.subcommands["demo"])
         if args.command == "sample":
-            return _sample(args, parser)
+            return _sample(args, parser.subcommands["sample"])
     except BrokenPipeError:
         return 0
     return 0
+
+
+def output_path_problem(path):
+    """None when a file can be written at `path`, else a one-line reason. Commands call it before the work
+    whose result goes there, so a typo in an output path costs nothing (not a finished run, then a traceback).
+    It probes by opening the file for appending (which leaves an existing file as it was) because
+    os.access says yes to root for paths it cannot create (/proc/x)."""
+    if not path:
+        return "empty file name"
+    if os.path.isdir(path):
+        return f"{path!r} is a directory"
+    existed = os.path.exists(path)
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as e:
+        return f"cannot write {path!r}: {e.strerror or e}"
+    if not existed:
+        os.remove(path)  # the probe leaves nothing behind
+    return None
+
+
+def _directory_problem(path):
+    """None when `path` is (or can be made) a directory that files can be written in, else a one-line reason."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".genengine-probe-")
+    except OSError as e:
+        return f"cannot write in {path!r}: {e.strerror or e}"
+    os.close(fd)
+    os.remove(probe)
+    return None
+
+
+def _one_line(e):
+    """An exception's message on one line (load_state_dict's list its keys on several)."""
+    return " ".join(str(e).split())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,9 +150,13 @@ def _bench(argv, quiet=False):
                 plot = a.split("=", 1)[1]
         elif a == "--from":
             i += 1
+            start = i
             while i < len(argv) and not argv[i].startswith("--"):
                 sources.append(argv[i])
                 i += 1
+            if i == start:  # without this, an empty --from would fall through to a full live run
+                print("genengine bench: --from needs the saved runs' file names (e.g. --from RUN.json)", file=sys.stderr)
+                return 2
             continue
         else:
             rest.append(a)
@@ -123,6 +165,12 @@ def _bench(argv, quiet=False):
         print("genengine bench: --from draws saved runs; give the picture's name with --plot FILE.png", file=sys.stderr)
         return 2
     from .bench.roofline import load_runs, plot_roofline
+
+    if plot is not None:  # checked before running anything: a bad picture name must not cost a suite run
+        problem = _plot_path_problem(plot)
+        if problem:
+            print(f"genengine bench: --plot: {problem}", file=sys.stderr)
+            return 2
 
     if sources:
         if rest:
@@ -157,6 +205,25 @@ def _bench(argv, quiet=False):
             os.unlink(tmp)
 
 
+def _plot_path_problem(path):
+    """None when the roofline picture can be drawn to `path`, else a one-line reason."""
+    if not path:
+        return "needs a file name (e.g. --plot roofline.png)"
+    try:
+        from .bench.roofline import _matplotlib
+
+        _matplotlib()
+    except ImportError as e:
+        return str(e)
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()  # what savefig can write (it picks by extension)
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in formats:
+        return f"{path!r}: expected a picture file name ending in .png (or .{', .'.join(sorted(set(formats) - {'png'}))})"
+    return output_path_problem(path)
+
+
 def _json_arg(rest):
     for i, a in enumerate(rest):
         if a == "--json":
@@ -184,7 +251,10 @@ def _demo(args, parser):
                 print(f"{n:16s} {state:50s} {r['description']}")
         return 0
     if args.family != "all" and args.family not in demos.DEMOS:
-        parser.error(f"demo: unknown family {args.family!r}; expected one of: {', '.join(demos.DEMOS)}, all, list")
+        parser.error(f"unknown family {args.family!r}; expected one of: {', '.join(demos.DEMOS)}, all, list")
+    problem = _directory_problem(args.out)  # before fitting anything
+    if problem:
+        parser.error(f"--out: {problem}")
     try:
         from ._plot import matplotlib_pyplot
 
@@ -228,19 +298,31 @@ def _sample(args, parser):
     from .models import ModelFileError, load
 
     if args.n <= 0:
-        parser.error(f"sample: -n must be a positive number of samples, got {args.n}")
+        parser.error(f"-n must be a positive number of samples, got {args.n}")
     ext = os.path.splitext(args.out)[1].lower()
     if ext not in (".pt", ".npy", ".csv", ".png"):
-        parser.error(f"sample: --out {args.out!r}: expected a .pt, .npy, .csv or .png file name")
+        parser.error(f"--out {args.out!r}: expected a .pt, .npy, .csv or .png file name")
+    problem = output_path_problem(args.out)  # before loading and sampling, which can take long
+    if problem:
+        parser.error(f"--out: {problem}")
+    try:
+        torch.Generator().manual_seed(args.seed)
+    except (ValueError, RuntimeError, OverflowError):
+        parser.error(f"--seed {args.seed}: outside the range of a torch seed (-2**63 to 2**64 - 1)")
     try:
         networks = dict(_network_arg(spec) for spec in args.network)
-    except (ValueError, ImportError, AttributeError, OSError, TypeError) as e:
+    except (ValueError, ImportError, AttributeError, OSError, TypeError, SyntaxError) as e:
         print(f"genengine sample: --network: {e}", file=sys.stderr)
         return 2
     try:
         model = load(args.model_file, **networks)
-    except FileNotFoundError as e:
-        print(f"genengine sample: {e}", file=sys.stderr)
+    except OSError as e:  # missing, a directory, unreadable
+        print(f"genengine sample: {args.model_file}: {e.strerror or e}" if not isinstance(e, FileNotFoundError)
+              else f"genengine sample: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # load_state_dict: the --network given does not fit the weights in the file
+        print(f"genengine sample: {args.model_file}: the file's weights do not fit the networks given: {_one_line(e)}",
+              file=sys.stderr)
         return 2
     except ModelFileError as e:
         print(f"genengine sample: {e}", file=sys.stderr)
@@ -257,7 +339,11 @@ def _sample(args, parser):
         print(f"genengine sample: {type(model).__name__}.sample returned a {type(s).__name__}, not a tensor", file=sys.stderr)
         return 2
     s = s.detach().cpu()
-    _write_samples(s, args.out, ext, type(model).__name__)
+    try:
+        _write_samples(s, args.out, ext, type(model).__name__)
+    except OSError as e:  # the path was writable a moment ago (checked above), but a disk can fill up
+        print(f"genengine sample: --out {args.out!r}: {e.strerror or e}", file=sys.stderr)
+        return 2
     info = {"model": type(model).__name__, "file": args.model_file, "n": args.n, "shape": list(s.shape),
             "dtype": str(s.dtype).replace("torch.", ""), "out": args.out, "seconds": round(time.perf_counter() - t0, 3)}
     if args.json:

@@ -214,3 +214,102 @@ def test_sample_rebuilds_networks_from_the_command_line(tmp_path, capsys):
                      (f"encoder={nets}:missing", "missing"), ("encoder=no_such_module_xyz:f", "no_such_module_xyz")):
         assert cli.main(args + ["--network", bad]) == 2
         assert msg in capsys.readouterr().err
+
+
+# ---- user errors: exit status 2 and a one-line message, checked before any work is done ----------------
+
+
+def _saved_gaussian(tmp_path):
+    path = tmp_path / "g.pt"
+    CliTestGaussian().fit(torch.tensor([[3.0, -1.0], [5.0, 1.0]])).save(path)
+    return path
+
+
+def _exit_code(argv):
+    """cli.main's status, whether it returns it or argparse raises it."""
+    try:
+        return cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_sample_unwritable_out_fails_before_sampling(tmp_path, capsys, monkeypatch):
+    path = _saved_gaussian(tmp_path)
+    sampled = []
+    monkeypatch.setattr(CliTestGaussian, "sample", lambda self, n, generator=None: sampled.append(n))
+    for out in (tmp_path / "no_such_dir" / "x.npy", tmp_path / "no_such_dir" / "x.csv"):
+        assert _exit_code(["sample", str(path), "-n", "3", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot write" in err and "Traceback" not in err
+        assert "usage: genengine sample" in err  # the subcommand's usage, not the top-level one
+    assert not sampled
+
+
+def test_sample_model_file_is_a_directory(tmp_path, capsys):
+    assert cli.main(["sample", str(tmp_path), "-n", "3", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "directory" in capsys.readouterr().err
+
+
+def test_sample_seed_out_of_torch_range(tmp_path, capsys):
+    path = _saved_gaussian(tmp_path)
+    argv = ["sample", str(path), "-n", "3", "--out", str(tmp_path / "x.npy"), "--seed", "99999999999999999999999"]
+    assert _exit_code(argv) == 2
+    assert "--seed" in capsys.readouterr().err
+
+
+def test_sample_bad_arguments_print_the_sample_usage(tmp_path, capsys):
+    path = _saved_gaussian(tmp_path)
+    assert _exit_code(["sample", str(path), "-n", "0", "--out", str(tmp_path / "x.npy")]) == 2
+    assert "usage: genengine sample" in capsys.readouterr().err
+
+
+def test_sample_networks_that_do_not_fit_the_file_or_do_not_parse(tmp_path, capsys):
+    nets = tmp_path / "fitnets.py"
+    nets.write_text("import torch\n"
+                    "def make_encoder():\n    return torch.nn.Linear(6, 4)\n"
+                    "def make_decoder():\n    return torch.nn.Linear(2, 6)\n")
+    bad = tmp_path / "broken.py"
+    bad.write_text("def f(:\n")
+    vae = ge.models.VAE(torch.nn.Linear(6, 4), torch.nn.Linear(2, 6), latent_dim=2)
+    path = tmp_path / "vae.pt"
+    vae.save(path)
+    args = ["sample", str(path), "-n", "3", "--out", str(tmp_path / "v.npy"), "--network", f"encoder={nets}:make_encoder"]
+    # Identity has no weights: the file's decoder.weight has nowhere to go (load_state_dict's RuntimeError)
+    assert cli.main(args + ["--network", "decoder=torch.nn:Identity"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert cli.main(args + ["--network", f"decoder={bad}:f"]) == 2
+    assert "invalid syntax" in capsys.readouterr().err
+
+
+def test_demo_unwritable_out_dir_fails_before_fitting(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(demos, "run", lambda *a, **k: ran.append(a))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert _exit_code(["demo", "gmm", "--quick", "--quiet", "--out", str(blocker / "sub")]) == 2
+    assert "--out" in capsys.readouterr().err and not ran
+
+
+def test_bench_plot_bad_path_or_extension(tmp_path, capsys):
+    for plot, msg in ((tmp_path / "no_such_dir" / "r.png", "cannot write"), (tmp_path / "r.txt", "expected a picture"),
+                      ("", "needs a file name")):
+        assert cli.main(["bench", f"--plot={plot}", "--from", RESULTS]) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+    assert not (tmp_path / "r.txt").exists() and not os.path.exists(".png")
+
+
+def test_bench_bad_output_paths_fail_before_running_the_suite(tmp_path, capsys, monkeypatch):
+    import genengine.bench.__main__ as bench_main
+
+    ran = []
+    monkeypatch.setitem(bench_main.OPS, "hmm", lambda ctx: ran.append(ctx) or {"rows": []})
+    # --from with no file names used to fall through to a full live run
+    assert cli.main(["bench", "--plot", str(tmp_path / "r.png"), "--from"]) == 2
+    assert "--from needs" in capsys.readouterr().err
+    # a picture name that cannot be drawn: refused before the live run, not after it
+    assert cli.main(["bench", "--ops", "hmm", "--quick", "--plot", str(tmp_path / "r.txt")]) == 2
+    assert _exit_code(["bench", "--ops", "hmm", "--quick", "--json", str(tmp_path / "no_such_dir" / "x.json")]) == 2
+    assert "--json" in capsys.readouterr().err
+    assert not ran

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import sys
 import time
 
@@ -66,7 +67,25 @@ def parse(argv):
             p.error(f"--dtypes: unknown dtype {name!r} (expected float32, bfloat16, float16)")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no CUDA device")
+    if args.json is not None:  # before the run, not after it: a typo must not cost the whole suite
+        from ..cli import output_path_problem
+
+        problem = output_path_problem(args.json)
+        if problem:
+            p.error(f"--json: {problem}")
     return args
+
+
+def json_safe(obj):
+    """obj with every NaN or infinite float replaced by None: json.dump would write them as NaN/Infinity,
+    which strict JSON parsers (JavaScript, jq) reject. A measurement that does not exist is null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def main(argv=None):
@@ -96,7 +115,7 @@ def main(argv=None):
                "quick": args.quick, "total_s": total, "cpu_busy_before": busy, "machine": machine,
                "ceilings": ctx.ceilings.as_dict(), "results": results}
         with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1, default=str)
+            json.dump(json_safe(doc), f, indent=1, default=str, allow_nan=False)
         ctx.print(f"wrote {args.json}")
     return 0
 

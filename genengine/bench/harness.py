@@ -49,6 +49,10 @@ class Stats:
     def as_dict(self):
         return {k + ("_s" if k != "n" else "_samples"): v for k, v in asdict(self).items()}
 
+    def per(self, units):
+        """The same statistics per 1/units of a call: per sweep, when one call runs `units` sweeps."""
+        return Stats(self.median / units, self.min / units, self.p90 / units, self.n)
+
 
 def sync(device):
     if device.type == "cuda":
