@@ -23,3 +23,12 @@ def to_float(name, v):
         raise ValueError(f"{name}: expected a finite number, got an int too large for a float") from None
     except (TypeError, ValueError):
         raise TypeError(f"{name}: expected a real number, got {type(v).__name__}") from None
+
+
+def byte_span(t):
+    """[first, last) bytes of memory a tensor's elements can touch (strides are never negative in torch):
+    what out-of-place kernels compare to refuse an output that partly overlaps an input."""
+    if t.numel() == 0:
+        return 0, 0
+    start = t.data_ptr()
+    return start, start + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()

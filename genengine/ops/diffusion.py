@@ -45,7 +45,7 @@ import math
 import torch
 
 from .. import _backends
-from .._checks import to_float
+from .._checks import byte_span, to_float
 from ..reference import diffusion as ref
 from . import rng
 
@@ -231,14 +231,6 @@ def _check_out(name, out, x, model_out, uncond, prev):
         raise ValueError(f"{name}: overlaps x without being x itself; pass x itself (contiguous) or separate memory")
 
 
-def _byte_span(t):
-    """[first, last) bytes of memory t's elements can touch (strides are never negative in torch)."""
-    if t.numel() == 0:
-        return 0, 0
-    start = t.data_ptr()
-    return start, start + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
-
-
 def _check_out_dup(out_dup, x, tensors):
     """out_dup: a second output with out's values (sampling loops write the halves of [x; x] with it).
     Unlike out it may share a storage with out (the two halves of one buffer), but no byte with it,
@@ -250,12 +242,12 @@ def _check_out_dup(out_dup, x, tensors):
                          f"got {tuple(out_dup.shape)}/{out_dup.dtype}/{out_dup.device}")
     if not out_dup.is_contiguous():
         raise ValueError("out_dup: expected a contiguous tensor")
-    lo, hi = _byte_span(out_dup)
+    lo, hi = byte_span(out_dup)
     for name, t in tensors:
         if t is None or t.numel() == 0 or hi == lo:
             continue
         if t.untyped_storage().data_ptr() == out_dup.untyped_storage().data_ptr():
-            t_lo, t_hi = _byte_span(t)
+            t_lo, t_hi = byte_span(t)
             if t_lo < hi and lo < t_hi:
                 raise ValueError(f"out_dup: overlaps {name}; it must be memory of its own")
 

@@ -42,9 +42,8 @@ from collections import namedtuple
 import torch
 
 from .. import _backends
-from .._checks import to_float
+from .._checks import byte_span, to_float
 from ..reference import gibbs as ref
-from .diffusion import _byte_span
 from .rng import draw_key, key_ints, op_key
 
 __all__ = ["rbm_gibbs", "rbm_cd_stats", "rbm_parallel_tempering", "ising_sweep", "boltzmann_gibbs", "graph_coloring",
@@ -658,11 +657,11 @@ def langevin_step(x, grad, step_size, *, noise_scale=1.0, clamp=None, generator=
 def _check_out_overlap(out, inputs):
     """out may be an input itself (in place) or memory of its own, never part of one: the kernels
     read and write element by element, so a shifted view would read values already overwritten."""
-    lo, hi = _byte_span(out)
+    lo, hi = byte_span(out)
     for name, t in inputs:
         if lo == hi or t.numel() == 0 or t.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
             continue
-        t_lo, t_hi = _byte_span(t)
+        t_lo, t_hi = byte_span(t)
         same = t.data_ptr() == out.data_ptr() and t.dtype == out.dtype and t.is_contiguous()
         if t_lo < hi and lo < t_hi and not same:
             raise ValueError(f"out: overlaps {name} without being {name} itself; pass {name} itself "
