@@ -127,7 +127,8 @@ std::string isa() {
 #endif
   return loops + "; philox: " + ge::philox_isa_report() +
          "; gmm diag/spherical: " + (ge::gmm_diag_uses_avx512() ? "avx512" : "the loops' clone") +
-         "; attention float32: " + (ge::attention_avx512_in_use() ? "avx512" : "the loops' clone");
+         "; attention float32: " +
+         (ge::attention_avx512_in_use() ? std::string("avx512, prefetch ") + ge::attention_prefetch_report() : std::string("the loops' clone"));
 }
 
 }  // namespace

@@ -239,6 +239,40 @@ def test_float32_cpu_paths_both_match_reference():
     assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
 
 
+def test_attention_prefetch_level_override():
+    """The AVX-512 core's software-prefetch level is picked by CPU (t0 on AMD family 1Ah, t2
+    elsewhere) and GENENGINE_ATTENTION_PREFETCH=t0|t2 overrides it. info() says which runs and that
+    a value it does not know is ignored; the level the CPU did not pick runs this file's float32
+    row-group and paged cases in a subprocess (a prefetch hint must not change a result)."""
+    import os
+    import subprocess
+    import sys
+
+    from genengine import _backends
+
+    isa = _backends.load_cpp().isa()
+    if "attention float32: avx512" not in isa:
+        pytest.skip("the AVX-512 attention core does not run on this CPU (no software prefetch to choose)")
+    picked = "t0" if "prefetch t0" in isa else "t2"
+    assert f"prefetch {picked} (" in isa and "GENENGINE_ATTENTION_PREFETCH" not in isa, isa
+
+    def isa_with(value):
+        env = dict(os.environ, GENENGINE_ATTENTION_PREFETCH=value)
+        return subprocess.run([sys.executable, "-c", "from genengine import _backends; print(_backends.load_cpp().isa())"],
+                              env=env, capture_output=True, text=True, check=True).stdout
+
+    for level in ("t0", "t2"):
+        assert f"prefetch {level} (GENENGINE_ATTENTION_PREFETCH)" in isa_with(level)
+    bogus = isa_with("t1")
+    assert f"prefetch {picked} (" in bogus and "GENENGINE_ATTENTION_PREFETCH=t1 not understood" in bogus, bogus
+    other = "t2" if picked == "t0" else "t0"
+    env = dict(os.environ, GENENGINE_ATTENTION_PREFETCH=other)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                          "row_groups or (cpp and paged and decode and float32 and not prefetch)"],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+
+
 @pytest.mark.parametrize("paged", [False, True])
 def test_decode_cpp_float32_row_groups(paged, gen):
     """The float32 core takes a kv head's Q * G query rows four at a time and keeps their softmax

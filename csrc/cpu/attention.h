@@ -11,6 +11,9 @@ namespace ge {
 // float32 decode / prefill run the AVX-512 core (attention.cpp): the CPU has AVX-512 F/VL/BW/DQ and
 // GENENGINE_CPU_ISA does not ask for less
 bool attention_avx512_in_use();
+// the AVX-512 core's software-prefetch level, e.g. "t0 (AMD family 1Ah or later)", "t2"
+// (GENENGINE_ATTENTION_PREFETCH=t0|t2 overrides the choice by CPU)
+const char* attention_prefetch_report();
 
 // Key j of sequence b, kv head h lives at k + page * k_sp + slot * k_ss + h * k_sh with
 // page = block_table[b * bt_stride + j / page_size], slot = j % page_size. A contiguous cache
