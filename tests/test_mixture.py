@@ -237,7 +237,10 @@ def test_em_is_monotone_and_finds_the_clusters(init, gen):
     seed = int(torch.randint(0, 2**31, (1,), generator=gen))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m = ge.models.GaussianMixture(3, init_params=init, random_state=seed, n_init=3, max_iter=300, tol=1e-6)
+        # a random-responsibility start ends in a worse local optimum ~8% of the time (scikit-learn's
+        # "random" as often, 100 datasets), more on some datasets: CI drew one where 3 of them all did
+        n_init = 10 if init == "random" else 3
+        m = ge.models.GaussianMixture(3, init_params=init, random_state=seed, n_init=n_init, max_iter=300, tol=1e-6)
         m.fit(x, progress=False)
         s = skm.GaussianMixture(3, n_init=3, random_state=0, max_iter=300, tol=1e-6).fit(x.numpy())
     lb = m.lower_bounds_
