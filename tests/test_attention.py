@@ -240,10 +240,13 @@ def test_float32_cpu_paths_both_match_reference():
 
 
 def test_attention_prefetch_level_override():
-    """The AVX-512 core's software-prefetch level is picked by CPU (t0 on AMD family 1Ah, t2
-    elsewhere) and GENENGINE_ATTENTION_PREFETCH=t0|t2 overrides it. info() says which runs and that
-    a value it does not know is ignored; the level the CPU did not pick runs this file's float32
-    row-group and paged cases in a subprocess (a prefetch hint must not change a result)."""
+    """The AVX-512 core's software prefetch is planned by CPU and read pattern (t0 on AMD family 1Ah,
+    t2 on other AMD and unknown CPUs, on Intel t2 for contiguous row groups and none where the
+    hardware streams the reads) and GENENGINE_ATTENTION_PREFETCH=t0|t2|off sets every pattern's
+    level. info() says which plan runs and that a value it does not know is ignored; each forced
+    level runs this file's float32 row-group cases (contiguous and paged, both paged walks for single
+    rows: t2 keeps the one-head walk, off takes the all-heads walk) in a subprocess: a prefetch plan
+    must not change a result."""
     import os
     import subprocess
     import sys
@@ -253,24 +256,24 @@ def test_attention_prefetch_level_override():
     isa = _backends.load_cpp().isa()
     if "attention float32: avx512" not in isa:
         pytest.skip("the AVX-512 attention core does not run on this CPU (no software prefetch to choose)")
-    picked = "t0" if "prefetch t0" in isa else "t2"
-    assert f"prefetch {picked} (" in isa and "GENENGINE_ATTENTION_PREFETCH" not in isa, isa
+    auto = isa.split("attention float32: avx512, prefetch ")[1]
+    assert "GENENGINE_ATTENTION_PREFETCH" not in auto, isa
 
     def isa_with(value):
         env = dict(os.environ, GENENGINE_ATTENTION_PREFETCH=value)
         return subprocess.run([sys.executable, "-c", "from genengine import _backends; print(_backends.load_cpp().isa())"],
                               env=env, capture_output=True, text=True, check=True).stdout
 
-    for level in ("t0", "t2"):
-        assert f"prefetch {level} (GENENGINE_ATTENTION_PREFETCH)" in isa_with(level)
+    for level in ("t0", "t2", "off"):
+        walk = ", paged single rows by the all-heads walk" if level == "off" else ""
+        assert f"prefetch {level}{walk} (GENENGINE_ATTENTION_PREFETCH)" in isa_with(level)
     bogus = isa_with("t1")
-    assert f"prefetch {picked} (" in bogus and "GENENGINE_ATTENTION_PREFETCH=t1 not understood" in bogus, bogus
-    other = "t2" if picked == "t0" else "t0"
-    env = dict(os.environ, GENENGINE_ATTENTION_PREFETCH=other)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                          "row_groups or (cpp and paged and decode and float32 and not prefetch)"],
-                         env=env, capture_output=True, text=True)
-    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+    assert auto.split(" (")[0] in bogus and "GENENGINE_ATTENTION_PREFETCH=t1 not understood" in bogus, bogus
+    for level in ("t0", "t2", "off"):
+        env = dict(os.environ, GENENGINE_ATTENTION_PREFETCH=level)
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", "row_groups"],
+                             env=env, capture_output=True, text=True)
+        assert run.returncode == 0 and "2 passed" in run.stdout, level + run.stdout[-3000:] + run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("paged", [False, True])
@@ -278,10 +281,12 @@ def test_decode_cpp_float32_row_groups(paged, gen):
     """The float32 core takes a kv head's Q * G query rows four at a time and keeps their softmax
     state together: rows of one group with different key ranges (Q > 1 causal, short windows,
     lengths 0 and 1), so that in a block some rows attend keys and others none, over several
-    128-key blocks, softcap on and off, page sizes of both paged schedules. A NaN in a key that
-    rows attend makes exactly those rows NaN, as in the reference."""
+    128-key blocks, softcap on and off, page sizes of both paged schedules, and a single row per kv
+    head (G = Q = 1, which the paged all-heads walk takes where the CPU's plan says so). A NaN in a
+    key that rows attend makes exactly those rows NaN, as in the reference."""
     for G, Q, window, softcap, page_size in [(4, 3, 5, 0.0, 16), (8, 2, 3, 7.5, 3), (4, 1, None, 0.0, 16),
-                                            (4, 4, 1, 0.0, 64), (2, 2, 40, 0.0, 16), (1, 5, 2, 3.0, 16)]:
+                                            (4, 4, 1, 0.0, 64), (2, 2, 40, 0.0, 16), (1, 5, 2, 3.0, 16),
+                                            (1, 1, None, 0.0, 16), (1, 1, 9, 3.0, 3)]:
         B, Hkv, D, S = 4, 2, 80, 300
         lengths = [0, 1, S, 131]
         k, v, kp, vp, bt = _caches(gen, B, Hkv, D, lengths, S, torch.float32, page_size if paged else None)

@@ -515,17 +515,23 @@ GE_A512_INLINE __m512 score_row(const float* qs, const float* const* kp, int64_t
   }
 }
 
-// Software prefetch for the AVX-512 core. The hardware prefetchers do not stream this core's reads
-// (without software prefetch it ran 1.2-1.45x slower on Zen 4 and 1.7-3x slower on Zen 5), so every
-// line of K and V is requested.
-// Which cache level a request fills depends on the core (prefetch_hint_for_cpu):
-// - Zen 4 and unknown CPUs: prefetcht2. t0 at any distance measured 1.4-1.6x slower on Zen 4; the
-//   requests then hold L1 miss buffers that the arithmetic's own L2 reads wait behind.
-// - Zen 5 (AMD family 1Ah): prefetcht0. It measured 1.13-1.32x faster than t2 for contiguous
-//   caches and 1.03-1.14x for the paged all-heads walk, cold, interleaved in one process.
-// The exception is a paged cache read one kv head at a time: its rows are Hkv * D floats apart
-// (4-16 KB), so the rows requested ahead land in a few L1 sets and evict each other. It keeps t2
-// everywhere (t0 measured 0.88-0.97x on Zen 5).
+// Software prefetch for the AVX-512 core, by read pattern and CPU (prefetch_plan_for_cpu).
+// Which level a request fills, or whether to request at all, depends on the core:
+// - Zen 4 and unknown CPUs: prefetcht2 everywhere. The hardware prefetchers do not stream this
+//   core's reads there (without software prefetch 1.2-1.45x slower); t0 at any distance measured
+//   1.4-1.6x slower (the requests hold L1 miss buffers that the arithmetic's own L2 reads wait behind).
+// - Zen 5 (AMD family 1Ah): prefetcht0, 1.13-1.32x faster than t2 for contiguous caches and
+//   1.03-1.14x for the paged all-heads walk; no software prefetch 1.7-3x slower.
+// - Intel (measured on a family 6 Xeon, 2026-12-03): the L2 streamer follows a stream that stays
+//   in order, so software requests only help where the arithmetic is long: t2 for a contiguous
+//   cache's query-row groups (G >= 2: no prefetch 6-13% slower), none for a contiguous single row
+//   per kv head (6% faster than t2) and none for the paged all-heads walk (5-7% faster at G = 4),
+//   which then also takes single-row (MHA) paged caches: 21 ms against 28 for the one-head walk
+//   with t2 at (8,32,32,2048,128), paged within 1-8% of contiguous there.
+// The one-head-at-a-time paged walk (rows Hkv * D floats apart, 4-16 KB, which no hardware
+// prefetcher follows, and which alias in a few L1 sets) keeps t2 (t0 measured 0.88-0.97x on Zen 5).
+// GENENGINE_ATTENTION_PREFETCH=t0|t2|off sets every pattern's level (off: the paged single-row
+// case takes the all-heads walk, as on Intel).
 // Contiguous caches: the rows in the order the block reads them (its K rows, its V rows, then the
 // next block's K rows), each requested kRowsAhead rows before it is read; whole blocks requested
 // at the block's start (the previous design) left the G = 4 shapes at compute time plus memory time.
@@ -533,20 +539,45 @@ GE_A512_INLINE __m512 score_row(const float* qs, const float* const* kp, int64_t
 // over its reads (rate16). A single 64-byte line per request, a counted loop per row (one loop per
 // K / V / next segment where a contiguous cache keeps the rows back to back): a test and a branch
 // per line cost half as much again as the G = 4 arithmetic when the rows were cached.
-enum class Fill { kL1, kL2 };  // prefetcht0, prefetcht2
+enum class Fill { kL1, kL2, kOff };  // prefetcht0, prefetcht2, no software prefetch
 
-Fill prefetch_hint_for_cpu() {
+struct PrefetchPlan {
+  Fill rows = Fill::kL2;       // contiguous cache, a group of query rows per kv head
+  Fill row = Fill::kL2;        // contiguous cache, one query row per kv head
+  Fill heads = Fill::kL2;      // paged cache, every kv head of a slot together
+  Fill one_head = Fill::kL2;   // paged cache, one kv head at a time
+  bool single_row_heads = false;  // a paged cache with one query row per kv head takes the all-heads walk
+  const char* why = "auto";
+};
+
+PrefetchPlan prefetch_plan_for_cpu() {
+  PrefetchPlan plan;
   const char* env = std::getenv("GENENGINE_ATTENTION_PREFETCH");
-  if (env && std::strcmp(env, "t0") == 0) return Fill::kL1;
-  if (env && std::strcmp(env, "t2") == 0) return Fill::kL2;
+  if (env && (std::strcmp(env, "t0") == 0 || std::strcmp(env, "t2") == 0 || std::strcmp(env, "off") == 0)) {
+    const Fill f = std::strcmp(env, "t0") == 0 ? Fill::kL1 : std::strcmp(env, "t2") == 0 ? Fill::kL2 : Fill::kOff;
+    plan.rows = plan.row = plan.heads = plan.one_head = f;
+    plan.single_row_heads = f == Fill::kOff;
+    plan.why = "GENENGINE_ATTENTION_PREFETCH";
+    return plan;
+  }
   __builtin_cpu_init();  // this runs from a static initialiser
+  if (__builtin_cpu_is("intel")) {
+    plan.row = plan.heads = Fill::kOff;
+    plan.single_row_heads = true;
+    plan.why = "Intel";
+    return plan;
+  }
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return Fill::kL2;
+  if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return plan;
   const unsigned base = (eax >> 8) & 0xF, family = base == 0xF ? base + ((eax >> 20) & 0xFF) : base;
-  return family >= 0x1A ? Fill::kL1 : Fill::kL2;
+  if (family >= 0x1A) {
+    plan.rows = plan.row = plan.heads = Fill::kL1;
+    plan.why = "AMD family 1Ah or later";
+  }
+  return plan;
 }
 
-const Fill g_attention_fill = prefetch_hint_for_cpu();
+const PrefetchPlan g_prefetch = prefetch_plan_for_cpu();
 
 GE_A512_INLINE void prefetch_lines(const char* b, const char* e, Fill fill) {
   if (fill == Fill::kL1) {
@@ -575,6 +606,7 @@ struct RowsAhead {
   }
   // rows [0, read) of the block are read or about to be: request the sequence up to dist + read * rate
   GE_A512_INLINE void upto(int read) {
+    if (fill == Fill::kOff) return;
     const int end = int(std::min<int64_t>(dist + (int64_t(read) * rate16 >> 16), (2 * n + n_next) * int64_t(per)));
     if (linear) {  // one byte range per segment: no row lookup per row
       while (sent < end) {
@@ -889,7 +921,7 @@ GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float
     // rows back to back (a contiguous cache): 4-5% at (1,32,8,4096,128), 1-2% at (8,32,8,2048,128)
     // against the row-by-row loop, in one Python process; at one row per kv head 0.7% slower
     ra.linear = rs.R >= 2 && ka.bt == nullptr && ka.k_ss == rs.D && ka.v_ss == rs.D;
-    ra.fill = ka.bt == nullptr ? g_attention_fill : Fill::kL2;
+    ra.fill = ka.bt != nullptr ? g_prefetch.one_head : rs.R >= 2 ? g_prefetch.rows : g_prefetch.row;
     attend512_block(rs, j0, n, rows[cur][0], rows[cur][1], softcap, ra);
     sent = ra.sent - 2 * n;
   }
@@ -939,7 +971,7 @@ GE_A512 void attend_f32_avx512_heads(const RowSet& rows, int64_t Hkv, int64_t R,
       ra.stride = k_sh;  // the caller has v_sh == k_sh
       ra.bytes = D * 4;
       ra.rate16 = ((int64_t(m * Hkv) << 16) + n - 1) / n;  // rounded up: every row by the block's end
-      ra.fill = g_attention_fill;
+      ra.fill = g_prefetch.heads;
       attend512_block(head(h), j0, n, kp, vp, softcap, ra);
     }
   }
@@ -1316,13 +1348,17 @@ bool attention_avx512_in_use() { return attend_avx512_usable(); }
 const char* attention_prefetch_report() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const std::string report = [] {
+    auto name = [](Fill f) { return std::string(f == Fill::kL1 ? "t0" : f == Fill::kL2 ? "t2" : "off"); };
+    const PrefetchPlan& p = g_prefetch;
+    std::string levels = name(p.rows);
+    if (p.row != p.rows || p.heads != p.rows || p.one_head != p.rows)
+      levels = "contiguous rows " + name(p.rows) + ", single row " + name(p.row) + ", paged all heads " + name(p.heads) +
+               ", paged one head " + name(p.one_head);
+    if (p.single_row_heads) levels += ", paged single rows by the all-heads walk";
     const char* env = std::getenv("GENENGINE_ATTENTION_PREFETCH");
-    const std::string level = g_attention_fill == Fill::kL1 ? "t0" : "t2";
-    if (env && (std::strcmp(env, "t0") == 0 || std::strcmp(env, "t2") == 0)) return level + " (GENENGINE_ATTENTION_PREFETCH)";
-    const std::string why = g_attention_fill == Fill::kL1 ? "AMD family 1Ah or later" : "auto";
-    if (env && *env && std::strcmp(env, "auto") != 0)
-      return level + " (" + why + "; GENENGINE_ATTENTION_PREFETCH=" + env + " not understood: t0|t2|auto)";
-    return level + " (" + why + ")";
+    if (env && *env && std::strcmp(p.why, "GENENGINE_ATTENTION_PREFETCH") != 0 && std::strcmp(env, "auto") != 0)
+      return levels + " (" + p.why + "; GENENGINE_ATTENTION_PREFETCH=" + env + " not understood: t0|t2|off|auto)";
+    return levels + " (" + p.why + ")";
   }();
   return report.c_str();
 #else
@@ -1350,9 +1386,10 @@ void decode_attention(const DecodeArgs& a) {
   for (int64_t b = 0; b < a.B; ++b) max_keys = std::max<int64_t>(max_keys, std::min<int64_t>(a.seqlens[b], p.capacity));
   // paged float32 on AVX-512: an item takes every kv head of its sequence (decode_item_heads), so
   // there are B * splits items, not B * Hkv * splits
-  // (a single row per kv head streams its own rows faster: its arithmetic is too short to cover
-  // walking every head's slot, 1.13-1.17x contiguous against 1.28-1.32x at (8,32,32,2048,128))
-  const bool heads = p.R >= 2 && a.dtype == kFloat32 && a.kv.block_table != nullptr && attend_avx512_usable() &&
+  // (with software prefetch a single row per kv head streams its own rows faster: its arithmetic is
+  // too short to cover walking every head's slot, 1.13-1.17x contiguous against 1.28-1.32x at
+  // (8,32,32,2048,128) on Zen 4; where the hardware streams the walk, it takes it: single_row_heads)
+  const bool heads = (p.R >= 2 || g_prefetch.single_row_heads) && a.dtype == kFloat32 && a.kv.block_table != nullptr && attend_avx512_usable() &&
                      a.kv.k_sh == a.D && a.kv.v_sh == a.D && a.kv.k_ss == a.Hkv * a.D && a.kv.v_ss == a.Hkv * a.D;
   p.splits = a.num_splits > 0 ? a.num_splits : decode_default_splits(a.B, heads ? 1 : a.Hkv, max_keys);
   std::vector<float> ws;
