@@ -18,10 +18,11 @@
 // key range (causal, bottom-right aligned; sliding window).
 //
 // float32 on a CPU with AVX-512 takes attend_f32_avx512 instead: the same online softmax over blocks
-// of 128 keys, register tiles of 16-lane vectors for the scores and the values, every row requested
-// by software prefetch ahead of its read (RowsAhead); see the comments there. A paged float32 cache
-// with more than one query row per kv head is walked by items of (sequence, split) over every kv
-// head a block at a time (decode_item_heads), since its slots hold all heads' rows contiguously.
+// of 128 keys, register tiles of 16-lane vectors for the scores and the values, rows requested by
+// software prefetch ahead of their reads (RowsAhead) where the CPU's plan says the hardware does not
+// stream them (PrefetchPlan); see the comments there. A paged float32 cache with more than one query
+// row per kv head (on Intel: any) is walked by items of (sequence, split) over every kv head a block
+// at a time (decode_item_heads), since its slots hold all heads' rows contiguously.
 // GENENGINE_CPU_ISA=avx2 keeps the other core.
 #include "attention.h"
 

@@ -12,7 +12,7 @@ namespace ge {
 // GENENGINE_CPU_ISA does not ask for less
 bool attention_avx512_in_use();
 // the AVX-512 core's software-prefetch level, e.g. "t0 (AMD family 1Ah or later)", "t2"
-// (GENENGINE_ATTENTION_PREFETCH=t0|t2 overrides the choice by CPU)
+// (GENENGINE_ATTENTION_PREFETCH=t0|t2|off overrides the plan chosen by CPU)
 const char* attention_prefetch_report();
 
 // Key j of sequence b, kv head h lives at k + page * k_sp + slot * k_ss + h * k_sh with
