@@ -551,11 +551,20 @@ struct PrefetchPlan {
   const char* why = "auto";
 };
 
+// GENENGINE_ATTENTION_PREFETCH=t0|t2|off into *f; false when unset or not one of those
+bool forced_fill(Fill* f) {
+  const char* env = std::getenv("GENENGINE_ATTENTION_PREFETCH");
+  if (!env) return false;
+  if (std::strcmp(env, "t0") == 0) return *f = Fill::kL1, true;
+  if (std::strcmp(env, "t2") == 0) return *f = Fill::kL2, true;
+  if (std::strcmp(env, "off") == 0) return *f = Fill::kOff, true;
+  return false;
+}
+
 PrefetchPlan prefetch_plan_for_cpu() {
   PrefetchPlan plan;
-  const char* env = std::getenv("GENENGINE_ATTENTION_PREFETCH");
-  if (env && (std::strcmp(env, "t0") == 0 || std::strcmp(env, "t2") == 0 || std::strcmp(env, "off") == 0)) {
-    const Fill f = std::strcmp(env, "t0") == 0 ? Fill::kL1 : std::strcmp(env, "t2") == 0 ? Fill::kL2 : Fill::kOff;
+  Fill f;
+  if (forced_fill(&f)) {
     plan.rows = plan.row = plan.heads = plan.one_head = f;
     plan.single_row_heads = f == Fill::kOff;
     plan.why = "GENENGINE_ATTENTION_PREFETCH";
@@ -1357,7 +1366,8 @@ const char* attention_prefetch_report() {
                ", paged one head " + name(p.one_head);
     if (p.single_row_heads) levels += ", paged single rows by the all-heads walk";
     const char* env = std::getenv("GENENGINE_ATTENTION_PREFETCH");
-    if (env && *env && std::strcmp(p.why, "GENENGINE_ATTENTION_PREFETCH") != 0 && std::strcmp(env, "auto") != 0)
+    Fill forced;
+    if (env && *env && !forced_fill(&forced) && std::strcmp(env, "auto") != 0)
       return levels + " (" + p.why + "; GENENGINE_ATTENTION_PREFETCH=" + env + " not understood: t0|t2|off|auto)";
     return levels + " (" + p.why + ")";
   }();

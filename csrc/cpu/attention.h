@@ -11,8 +11,8 @@ namespace ge {
 // float32 decode / prefill run the AVX-512 core (attention.cpp): the CPU has AVX-512 F/VL/BW/DQ and
 // GENENGINE_CPU_ISA does not ask for less
 bool attention_avx512_in_use();
-// the AVX-512 core's software-prefetch level, e.g. "t0 (AMD family 1Ah or later)", "t2"
-// (GENENGINE_ATTENTION_PREFETCH=t0|t2|off overrides the plan chosen by CPU)
+// the AVX-512 core's software-prefetch plan, e.g. "t0 (AMD family 1Ah or later)", "t2 (auto)", or a
+// level per read pattern on Intel (GENENGINE_ATTENTION_PREFETCH=t0|t2|off overrides the CPU's plan)
 const char* attention_prefetch_report();
 
 // Key j of sequence b, kv head h lives at k + page * k_sp + slot * k_ss + h * k_sh with
