@@ -128,7 +128,8 @@ std::string isa() {
   return loops + "; philox: " + ge::philox_isa_report() +
          "; gmm diag/spherical: " + (ge::gmm_diag_uses_avx512() ? "avx512" : "the loops' clone") +
          "; attention float32: " +
-         (ge::attention_avx512_in_use() ? std::string("avx512, prefetch ") + ge::attention_prefetch_report() : std::string("the loops' clone"));
+         (ge::attention_f32_core() ? std::string(ge::attention_f32_core()) + ", prefetch " + ge::attention_prefetch_report()
+                                  : std::string("the loops' clone"));
 }
 
 }  // namespace

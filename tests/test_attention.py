@@ -214,10 +214,12 @@ def test_empty_and_single_key(backend, gen):
         torch.testing.assert_close(lse[1].double(), s, atol=1e-5, rtol=1e-5)
 
 
-def test_float32_cpu_paths_both_match_reference():
-    """float32 decode and prefill run an AVX-512 core on CPUs that have it; GENENGINE_CPU_ISA=avx2
-    keeps the multiversioned one. This file's cpp decode / prefill cases run in-process on the first
-    (asserted to be in use where the CPU has AVX-512) and here, in a subprocess, on the second."""
+def test_float32_cpu_paths_all_match_reference():
+    """float32 decode and prefill run an AVX-512 core on CPUs that have it, else an AVX2 one where
+    the CPU has AVX2 and FMA; GENENGINE_CPU_ISA=avx2 picks the second on an AVX-512 CPU and
+    GENENGINE_CPU_ISA=baseline the multiversioned loops. This file's cpp decode / prefill cases run
+    in-process on the CPU's best core (asserted to be in use) and here, in subprocesses, on each core
+    below it."""
     import os
     import subprocess
     import sys
@@ -228,19 +230,29 @@ def test_float32_cpu_paths_both_match_reference():
         flags = open("/proc/cpuinfo").read().split()
     except OSError:
         flags = []
-    if all(f in flags for f in ("avx512f", "avx512vl", "avx512bw", "avx512dq")):
-        assert "attention float32: avx512" in _backends.load_cpp().isa()
-    env = dict(os.environ, GENENGINE_CPU_ISA="avx2")
-    isa = subprocess.run([sys.executable, "-c", "from genengine import _backends; print(_backends.load_cpp().isa())"],
-                         env=env, capture_output=True, text=True, check=True).stdout
-    assert "attention float32: the loops' clone" in isa, isa
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                          "cpp and (decode or prefill) and not float32_cpu_paths"], env=env, capture_output=True, text=True)
-    assert run.returncode == 0 and " passed" in run.stdout, run.stdout[-3000:] + run.stderr[-2000:]
+    has512 = all(f in flags for f in ("avx512f", "avx512vl", "avx512bw", "avx512dq"))
+    has2 = all(f in flags for f in ("avx2", "fma"))
+    if has512:
+        assert "attention float32: avx512, prefetch" in _backends.load_cpp().isa()
+    elif has2:
+        assert "attention float32: avx2, prefetch" in _backends.load_cpp().isa()
+    lower = ([("avx2", "attention float32: avx2, prefetch")] if has512 else []) + \
+        ([("baseline", "attention float32: the loops' clone")] if has2 else [])
+    if not lower:
+        pytest.skip("this CPU runs only the loops' core (no AVX2 + FMA)")
+    for isa_name, expect in lower:
+        env = dict(os.environ, GENENGINE_CPU_ISA=isa_name)
+        isa = subprocess.run([sys.executable, "-c", "from genengine import _backends; print(_backends.load_cpp().isa())"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        assert expect in isa, isa
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                              "cpp and (decode or prefill) and not float32_cpu_paths"], env=env, capture_output=True,
+                             text=True)
+        assert run.returncode == 0 and " passed" in run.stdout, isa_name + run.stdout[-3000:] + run.stderr[-2000:]
 
 
 def test_attention_prefetch_level_override():
-    """The AVX-512 core's software prefetch is planned by CPU and read pattern (t0 on AMD family 1Ah,
+    """The AVX-512 and AVX2 cores' software prefetch is planned by CPU and read pattern (t0 on AMD family 1Ah,
     t2 on other AMD and unknown CPUs, on Intel t2 for contiguous row groups and none where the
     hardware streams the reads) and GENENGINE_ATTENTION_PREFETCH=t0|t2|off sets every pattern's
     level. info() says which plan runs and that a value it does not know is ignored; each forced
@@ -254,9 +266,9 @@ def test_attention_prefetch_level_override():
     from genengine import _backends
 
     isa = _backends.load_cpp().isa()
-    if "attention float32: avx512" not in isa:
-        pytest.skip("the AVX-512 attention core does not run on this CPU (no software prefetch to choose)")
-    auto = isa.split("attention float32: avx512, prefetch ")[1]
+    if ", prefetch " not in isa.split("attention float32: ")[1]:
+        pytest.skip("only the loops' attention core runs on this CPU (no software prefetch to choose)")
+    auto = isa.split("attention float32: ")[1].split(", prefetch ")[1]
     assert "GENENGINE_ATTENTION_PREFETCH" not in auto, isa
 
     def isa_with(value):

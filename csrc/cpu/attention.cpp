@@ -17,13 +17,15 @@
 // Prefill runs the same core with a block of queries (times the group) as the rows, and a per-row
 // key range (causal, bottom-right aligned; sliding window).
 //
-// float32 on a CPU with AVX-512 takes attend_f32_avx512 instead: the same online softmax over blocks
-// of 128 keys, register tiles of 16-lane vectors for the scores and the values, rows requested by
-// software prefetch ahead of their reads (RowsAhead) where the CPU's plan says the hardware does not
-// stream them (PrefetchPlan); see the comments there. A paged float32 cache with more than one query
-// row per kv head (on Intel: any) is walked by items of (sequence, split) over every kv head a block
-// at a time (decode_item_heads), since its slots hold all heads' rows contiguously.
-// GENENGINE_CPU_ISA=avx2 keeps the other core.
+// float32 on a CPU with AVX-512 takes attend512_block instead (through attend_f32_core): the same
+// online softmax over blocks of 128 keys, register tiles of 16-lane vectors for the scores and the
+// values, rows requested by software prefetch ahead of their reads (RowsAhead) where the CPU's plan
+// says the hardware does not stream them (PrefetchPlan); see the comments there. Without AVX-512
+// (or with GENENGINE_CPU_ISA=avx2) float32 takes attend2_block, the same design at 8 lanes on AVX2 +
+// FMA; GENENGINE_CPU_ISA=baseline keeps the loops' core (attend<float>). A paged float32 cache with
+// more than one query row per kv head (on Intel: any) is walked by items of (sequence, split) over
+// every kv head a block at a time (decode_item_heads), since its slots hold all heads' rows
+// contiguously.
 #include "attention.h"
 
 #include <algorithm>
@@ -516,11 +518,13 @@ GE_A512_INLINE __m512 score_row(const float* qs, const float* const* kp, int64_t
   }
 }
 
-// Software prefetch for the AVX-512 core, by read pattern and CPU (prefetch_plan_for_cpu).
-// Which level a request fills, or whether to request at all, depends on the core:
+// Software prefetch for the AVX-512 and AVX2 cores, by read pattern and CPU (prefetch_plan_for_cpu).
+// Which level a request fills, or whether to request at all, depends on the CPU:
 // - Zen 4 and unknown CPUs: prefetcht2 everywhere. The hardware prefetchers do not stream this
 //   core's reads there (without software prefetch 1.2-1.45x slower); t0 at any distance measured
 //   1.4-1.6x slower (the requests hold L1 miss buffers that the arithmetic's own L2 reads wait behind).
+//   The AVX2 core on a Zen 4 VM that hides AVX-512 (2026-12-03): no software prefetch 2.0-2.1x and
+//   t0 1.7-2.1x slower than t2.
 // - Zen 5 (AMD family 1Ah): prefetcht0, 1.13-1.32x faster than t2 for contiguous caches and
 //   1.03-1.14x for the paged all-heads walk; no software prefetch 1.7-3x slower.
 // - Intel (measured on a family 6 Xeon, 2026-12-03): the L2 streamer follows a stream that stays
@@ -589,7 +593,7 @@ PrefetchPlan prefetch_plan_for_cpu() {
 
 const PrefetchPlan g_prefetch = prefetch_plan_for_cpu();
 
-GE_A512_INLINE void prefetch_lines(const char* b, const char* e, Fill fill) {
+GE_INLINE void prefetch_lines(const char* b, const char* e, Fill fill) {
   if (fill == Fill::kL1) {
     for (; b < e; b += 64) _mm_prefetch(b, _MM_HINT_T0);
   } else {
@@ -609,13 +613,13 @@ struct RowsAhead {
   bool linear = false;  // k, v and next each hold their rows back to back (bytes apart)
   Fill fill = Fill::kL2;
 
-  GE_A512_INLINE const float* row(int i) const {
+  GE_INLINE const float* row(int i) const {
     const int j = per == 1 ? i : i / per;
     const float* base = j < n ? k[j] : j < 2 * n ? v[j - n] : next[j - 2 * n];
     return per == 1 ? base : base + (i - j * per) * stride;
   }
   // rows [0, read) of the block are read or about to be: request the sequence up to dist + read * rate
-  GE_A512_INLINE void upto(int read) {
+  GE_INLINE void upto(int read) {
     if (fill == Fill::kOff) return;
     const int end = int(std::min<int64_t>(dist + (int64_t(read) * rate16 >> 16), (2 * n + n_next) * int64_t(per)));
     if (linear) {  // one byte range per segment: no row lookup per row
@@ -807,14 +811,14 @@ GE_A512_INLINE void softmax_rows4(const RowSet& rs, int64_t r0, __m512 (*s)[kSub
 }
 
 // no row of [r0, r0 + nr) attends a key of the block [j0, j0 + n)
-GE_A512_INLINE bool rows_idle(const RowSet& rs, int64_t r0, int nr, int64_t j0, int n) {
+GE_INLINE bool rows_idle(const RowSet& rs, int64_t r0, int nr, int64_t j0, int n) {
   for (int r = 0; r < nr; ++r)
     if (std::max(rs.lo[r0 + r], j0) < std::min(rs.hi[r0 + r], j0 + n)) return false;
   return true;
 }
 
 // the row pointers of keys [j0, j0 + n) (page indices clamped into the cache)
-GE_A512_INLINE void key_rows(const KeyAddr& ka, int64_t j0, int n, const float** kp, const float** vp) {
+GE_INLINE void key_rows(const KeyAddr& ka, int64_t j0, int n, const float** kp, const float** vp) {
   int64_t pi = j0 / ka.page_size, slot = j0 - pi * ka.page_size;
   for (int j = 0; j < n; ++j) {
     const int64_t page = ka.bt ? std::min<int64_t>(std::max<int32_t>(ka.bt[pi], 0), ka.num_pages - 1) : ka.page0;
@@ -828,7 +832,7 @@ GE_A512_INLINE void key_rows(const KeyAddr& ka, int64_t j0, int n, const float**
 }
 
 // rows' softmax state before the first block
-GE_A512_INLINE void attend512_init(const RowSet& rs) {
+GE_INLINE void attend512_init(const RowSet& rs) {
   for (int64_t r = 0; r < rs.R; ++r) {
     rs.m[r] = kNegInf;
     rs.l[r] = 0.0f;
@@ -910,7 +914,188 @@ GE_A512 void attend512_block(const RowSet& rs, int64_t j0, int n, const float** 
 // buffers the arithmetic's own loads then wait for)
 constexpr int kRowsAhead = 64;
 
-GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
+// ---- float32 keys and values on AVX2 + FMA (8 lanes, 16 registers) -----------------------------
+// attend512_block's structure at half the width, for CPUs without AVX-512 (and VMs that hide it):
+// 128-key blocks, the scores of a tile of rows x keys (4 x 2, 2 x 4 or 1 x 8: 8 accumulators over D,
+// one transposing reduction), a row's softmax over the whole block, the value update with a tile
+// of rows x D (4 x 16, 2 x 32 or 1 x 64 floats: 8 accumulators and a broadcast per row) over 16 keys
+// at a time, and the same software prefetch (RowsAhead, PrefetchPlan). The loops' core spilled its
+// 16 score accumulators, reloaded a row's accumulator every 16 keys and reduced each row scalar:
+// 2.1-2.5x slower than this one on a Zen 4 VM without AVX-512 (benchmarks/NOTES.md, eleventh session).
+#define GE_AVX2 __attribute__((target("avx2,fma")))
+#define GE_AVX2_INLINE GE_AVX2 inline __attribute__((always_inline))
+
+// scores of RT rows (qs rows r0 ..) against KT keys (kp[0 .. KT)), RT * KT = 8, as lanes r * KT + j
+template <int RT, int KT>
+GE_AVX2_INLINE v8f score_tile8(const float* qs, int64_t D, const float* const* kp, int64_t nc) {
+  v8f acc[8] = {};
+  for (int64_t c = 0; c < nc; ++c) {
+    v8f q[RT];
+    for (int r = 0; r < RT; ++r) q[r] = load8(qs + r * D + 8 * c);
+    for (int j = 0; j < KT; ++j) {
+      const v8f kv = load8(kp[j] + 8 * c);
+      for (int r = 0; r < RT; ++r) acc[r * KT + j] += q[r] * kv;
+    }
+  }
+  return reduce8(acc);
+}
+
+// acc rows (RT of them) [off, off + 8 DC) = acc * corr (corr null: acc) + sum_{j0 <= j < j1} p[r][j] v[j][...];
+// ra (or null): the read point of key j is base + j + 1
+template <int RT, int DC>
+GE_AVX2_INLINE void value_tile8(float* acc, const float* p, const float* corr, const float* const* vp, int j0, int j1,
+                                int64_t D, int64_t off, RowsAhead* ra, int base) {
+  v8f a[RT][DC];
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < DC; ++c) {
+      a[r][c] = load8(acc + r * D + off + 8 * c);
+      if (corr) a[r][c] *= corr[r];
+    }
+  for (int j = j0; j < j1; ++j) {
+    v8f pj[RT];
+    for (int r = 0; r < RT; ++r) pj[r] = v8f{} + p[r * kBK512 + j];
+    if (ra) ra->upto(base + j + 1);
+    for (int c = 0; c < DC; ++c) {
+      const v8f vv = load8(vp[j] + off + 8 * c);
+      for (int r = 0; r < RT; ++r) a[r][c] += pj[r] * vv;
+    }
+  }
+  for (int r = 0; r < RT; ++r)
+    for (int c = 0; c < DC; ++c) store8(acc + r * D + off + 8 * c, a[r][c]);
+}
+
+// value_rows at 8 lanes: 16 keys at a time through every column tile, ra steps with the first tile
+template <int RT>
+GE_AVX2_INLINE void value_rows8(float* acc, const float* p, const float* corr, const float* const* vp, int n, int64_t D,
+                                RowsAhead* ra, int base) {
+  constexpr int DC = 8 / RT;  // RT * DC accumulators + RT broadcasts + 1 value of 16 registers
+  const int64_t nc = D / 8;
+  for (int j0 = 0; j0 < n; j0 += 16) {
+    const int j1 = std::min(n, j0 + 16);
+    const float* cr = j0 == 0 ? corr : nullptr;
+    RowsAhead* step = ra;
+    int64_t c = 0;
+    for (; c + DC <= nc; c += DC, step = nullptr) value_tile8<RT, DC>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base);
+    switch (nc - c) {
+      case 1: value_tile8<RT, 1>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base); break;
+      case 2: value_tile8<RT, 2>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base); break;
+      case 3: value_tile8<RT, 3>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base); break;
+      case 4: value_tile8<RT, 4>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base); break;
+      case 5: value_tile8<RT, 5>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base); break;
+      case 6: value_tile8<RT, 6>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base); break;
+      case 7: value_tile8<RT, 7>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base); break;
+      default: break;
+    }
+  }
+}
+
+// one row's online-softmax step over a block of scores s (nsub vectors of 8, soft-capped and masked
+// to [ra, rb) here, in place): p relative to the new running max, corr the accumulator's rescale;
+// all-zero p and corr 1 while the row has no finite score; a NaN score in range makes the row NaN
+GE_AVX2_INLINE void softmax_row8(const RowSet& rs, int64_t r, float* s, int nsub, int32_t ra, int32_t rb, float softcap,
+                                 float* p, float& corr) {
+  const v8i iota = {0, 1, 2, 3, 4, 5, 6, 7};
+  v8f mx = v8f{} + kNegInf;
+  v8i nan = {};
+  for (int u = 0; u < nsub; ++u) {
+    v8f x = load8(s + 8 * u);
+    if (softcap > 0.0f) x = softcap2(x, softcap);
+    const v8i in = (iota + 8 * u >= ra) & (iota + 8 * u < rb);
+    x = (v8f)(((v8i)x & in) | ((v8i)(v8f{} + kNegInf) & ~in));
+    nan |= x != x;
+    mx = vmax(mx, x);
+    store8(s + 8 * u, x);
+  }
+  float mb = hmax(mx);
+  for (int j = 0; j < 8; ++j)
+    if (nan[j]) mb = std::numeric_limits<float>::quiet_NaN();
+  const float mold = rs.m[r];
+  const float mnew = mb != mb ? mb : mb > mold ? mb : mold;
+  if (mnew == kNegInf) {
+    for (int u = 0; u < nsub; ++u) store8(p + 8 * u, v8f{});
+    corr = 1.0f;
+    return;
+  }
+  v8f sum = {};
+  for (int u = 0; u < nsub; ++u) {
+    const v8f e = exp2v(load8(s + 8 * u) - mnew);
+    sum += e;
+    store8(p + 8 * u, e);
+  }
+  corr = std::exp2(mold - mnew);
+  rs.l[r] = rs.l[r] * corr + hsum(sum);
+  rs.m[r] = mnew;
+}
+
+// attend512_block on AVX2: the online-softmax step of every row of rs over keys [j0, j0 + n)
+GE_AVX2 void attend2_block(const RowSet& rs, int64_t j0, int n, const float** kp, const float** vp, float softcap,
+                           RowsAhead& ra) {
+  const int64_t R = rs.R, D = rs.D, nc = D / 8;
+  alignas(32) float sc[4 * kBK512];
+  alignas(32) float pbuf[4 * kBK512];
+  float corr[4];
+  const int nsub = (n + 7) / 8;
+  for (int j = n; j < 8 * nsub; ++j) kp[j] = vp[j] = g_zero_row;
+  auto softmax = [&](int64_t r0, int r) __attribute__((always_inline)) {
+    softmax_row8(rs, r0 + r, sc + kBK512 * r, nsub, int32_t(rs.lo[r0 + r] - j0),
+                 int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0), softcap, pbuf + kBK512 * r, corr[r]);
+  };
+  RowsAhead* step = &ra;
+  int64_t r0 = 0;
+  for (; r0 + 4 <= R; r0 += 4) {  // ---- 4 rows: scores 4 x 2 keys at a time, values 4 x 16 floats
+    if (rows_idle(rs, r0, 4, j0, n)) continue;
+    for (int u = 0; u < nsub; ++u) {
+      v8f d[4];  // d[g] lane 2 r + j: row r, key 8 u + 2 g + j
+      for (int g = 0; g < 4; ++g) {
+        if (step) step->upto(8 * u + 2 * g + 2);
+        d[g] = score_tile8<4, 2>(rs.qs + r0 * D, D, kp + 8 * u + 2 * g, nc);
+      }
+      // rows (0, 1) and (2, 3) of keys 0-3, then of keys 4-7; then each row's 8 keys
+      const v8i lo01 = {0, 1, 8, 9, 2, 3, 10, 11}, lo23 = {4, 5, 12, 13, 6, 7, 14, 15};
+      const v8f a01 = __builtin_shuffle(d[0], d[1], lo01), a23 = __builtin_shuffle(d[0], d[1], lo23);
+      const v8f b01 = __builtin_shuffle(d[2], d[3], lo01), b23 = __builtin_shuffle(d[2], d[3], lo23);
+      const v8i first = {0, 1, 2, 3, 8, 9, 10, 11}, second = {4, 5, 6, 7, 12, 13, 14, 15};
+      store8(sc + 8 * u, __builtin_shuffle(a01, b01, first));
+      store8(sc + kBK512 + 8 * u, __builtin_shuffle(a01, b01, second));
+      store8(sc + 2 * kBK512 + 8 * u, __builtin_shuffle(a23, b23, first));
+      store8(sc + 3 * kBK512 + 8 * u, __builtin_shuffle(a23, b23, second));
+    }
+    for (int r = 0; r < 4; ++r) softmax(r0, r);
+    value_rows8<4>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n);
+    step = nullptr;
+  }
+  for (; r0 + 2 <= R; r0 += 2) {  // ---- 2 rows: 2 x 4 keys, 2 x 32 floats
+    if (rows_idle(rs, r0, 2, j0, n)) continue;
+    for (int u = 0; u < nsub; ++u) {
+      if (step) step->upto(8 * u + 4);
+      const v8f a = score_tile8<2, 4>(rs.qs + r0 * D, D, kp + 8 * u, nc);
+      if (step) step->upto(8 * u + 8);
+      const v8f b = score_tile8<2, 4>(rs.qs + r0 * D, D, kp + 8 * u + 4, nc);
+      store8(sc + 8 * u, __builtin_shuffle(a, b, v8i{0, 1, 2, 3, 8, 9, 10, 11}));
+      store8(sc + kBK512 + 8 * u, __builtin_shuffle(a, b, v8i{4, 5, 6, 7, 12, 13, 14, 15}));
+    }
+    for (int r = 0; r < 2; ++r) softmax(r0, r);
+    value_rows8<2>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n);
+    step = nullptr;
+  }
+  for (; r0 < R; ++r0) {  // ---- a single row: 8 keys, 64 floats
+    if (rows_idle(rs, r0, 1, j0, n)) continue;
+    for (int u = 0; u < nsub; ++u) {
+      if (step) step->upto(8 * u + 8);
+      store8(sc + 8 * u, score_tile8<1, 8>(rs.qs + r0 * D, D, kp + 8 * u, nc));
+    }
+    softmax(r0, 0);
+    value_rows8<1>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n);
+    step = nullptr;
+  }
+  ra.upto(2 * n);
+}
+
+// The step of one block of keys for every row of an item: attend512_block or attend2_block.
+using BlockStep = void (*)(const RowSet&, int64_t, int, const float**, const float**, float, RowsAhead&);
+
+// The online softmax of rs's rows over keys [klo, khi) of one kv head, a block at a time (step).
+void attend_f32_core(BlockStep step, const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
   attend512_init(rs);
   const float* rows[2][2][kBK512];  // [this block, the next][K, V][key]
   int cur = 0, n = int(std::min<int64_t>(kBK512, khi - klo));
@@ -932,7 +1117,7 @@ GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float
     // against the row-by-row loop, in one Python process; at one row per kv head 0.7% slower
     ra.linear = rs.R >= 2 && ka.bt == nullptr && ka.k_ss == rs.D && ka.v_ss == rs.D;
     ra.fill = ka.bt != nullptr ? g_prefetch.one_head : rs.R >= 2 ? g_prefetch.rows : g_prefetch.row;
-    attend512_block(rs, j0, n, rows[cur][0], rows[cur][1], softcap, ra);
+    step(rs, j0, n, rows[cur][0], rows[cur][1], softcap, ra);
     sent = ra.sent - 2 * n;
   }
 }
@@ -941,8 +1126,8 @@ GE_A512 void attend_f32_avx512(const RowSet& rs, int64_t klo, int64_t khi, float
 // [pages, page_size, Hkv, D] a slot holds all heads' rows contiguously, so this walks the cache
 // slot by slot where one head at a time reads rows Hkv * D apart (which alias in the caches).
 // rows: the heads' rows, R per head.
-GE_A512 void attend_f32_avx512_heads(const RowSet& rows, int64_t Hkv, int64_t R, int64_t klo, int64_t khi, float softcap,
-                                     const KeyAddr& ka, int64_t k_sh, int64_t v_sh, int nb) {
+void attend_f32_core_heads(BlockStep step, const RowSet& rows, int64_t Hkv, int64_t R, int64_t klo, int64_t khi,
+                           float softcap, const KeyAddr& ka, int64_t k_sh, int64_t v_sh, int nb) {
   const int64_t D = rows.D;
   auto head = [&](int64_t h) {
     RowSet v = rows;
@@ -982,7 +1167,7 @@ GE_A512 void attend_f32_avx512_heads(const RowSet& rows, int64_t Hkv, int64_t R,
       ra.bytes = D * 4;
       ra.rate16 = ((int64_t(m * Hkv) << 16) + n - 1) / n;  // rounded up: every row by the block's end
       ra.fill = g_prefetch.heads;
-      attend512_block(head(h), j0, n, kp, vp, softcap, ra);
+      step(head(h), j0, n, kp, vp, softcap, ra);
     }
   }
 }
@@ -992,11 +1177,33 @@ bool attend_avx512_usable() {
                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   return yes;
 }
+
+// The float32 core: the AVX-512 one, else the AVX2 one (GENENGINE_CPU_ISA=avx2 picks it on an
+// AVX-512 CPU), else null: the loops' clone (attend<float>; GENENGINE_CPU_ISA=baseline picks it)
+BlockStep f32_block_step() {
+  static const BlockStep step = attend_avx512_usable() ? attend512_block
+                                : g_cpu_isa >= kIsaAvx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")
+                                    ? attend2_block
+                                    : nullptr;
+  return step;
+}
 #else
-void attend_f32_avx512(const RowSet&, int64_t, int64_t, float, const KeyAddr&) {}
-void attend_f32_avx512_heads(const RowSet&, int64_t, int64_t, int64_t, int64_t, float, const KeyAddr&, int64_t, int64_t, int) {}
-bool attend_avx512_usable() { return false; }
+using BlockStep = void*;
+BlockStep f32_block_step() { return nullptr; }
 #endif
+
+// float32 through the AVX-512 or AVX2 core (f32_block_step() not null)
+void attend_f32_fast(const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  attend_f32_core(f32_block_step(), rs, klo, khi, softcap, ka);
+#endif
+}
+void attend_f32_fast_heads(const RowSet& rows, int64_t Hkv, int64_t R, int64_t klo, int64_t khi, float softcap,
+                           const KeyAddr& ka, int64_t k_sh, int64_t v_sh, int nb) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  attend_f32_core_heads(f32_block_step(), rows, Hkv, R, klo, khi, softcap, ka, k_sh, v_sh, nb);
+#endif
+}
 
 // normalised output row r (zeros when it attended nothing, NaN when one of its scores was NaN, as in
 // the reference) and its natural-log LSE
@@ -1058,7 +1265,7 @@ GE_INLINE void split_range(const DecodePlan& p, int64_t L, int64_t split, int64_
   khi = std::min(L, kb + (split + 1) * chunk);
 }
 
-// float32 key addressing of kv head h of sequence b, for the AVX-512 core
+// float32 key addressing of kv head h of sequence b, for the AVX-512 and AVX2 cores
 GE_INLINE KeyAddr key_addr(const KvLayout& kv, int64_t b, int64_t h) {
   KeyAddr ka;
   ka.k = static_cast<const float*>(kv.k) + h * kv.k_sh;
@@ -1119,8 +1326,8 @@ GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
     }
   };
   if constexpr (std::is_same<T, float>::value) {
-    if (attend_avx512_usable()) {
-      attend_f32_avx512(rs, klo, khi, a.softcap, key_addr(kv, b, h));
+    if (f32_block_step()) {
+      attend_f32_fast(rs, klo, khi, a.softcap, key_addr(kv, b, h));
     } else {
       attend<T>(rs, klo, khi, a.softcap, fill);
     }
@@ -1130,7 +1337,7 @@ GE_INLINE void decode_item(const DecodePlan& p, int64_t item) {
   write_head_rows<T>(p, rs, 0, b, h, split);
 }
 
-// A paged float32 item on AVX-512: (batch row, KV split) with every kv head (attend_f32_avx512_heads);
+// A paged float32 item on the AVX-512 or AVX2 core: (batch row, KV split) with every kv head;
 // outputs and partials land where decode_item's would
 void decode_item_heads(const DecodePlan& p, int64_t item) {
   const DecodeArgs& a = *p.a;
@@ -1144,7 +1351,7 @@ void decode_item_heads(const DecodePlan& p, int64_t item) {
   // 5-15% slower at (8,32,8,2048,128): more of the block and the next one's requests in L2)
   const int64_t per_key = 2 * Hkv * a.D * int64_t(sizeof(float));
   const int nb = int(std::clamp<int64_t>((int64_t(128) << 10) / per_key / 16 * 16, 16, kBK512));
-  attend_f32_avx512_heads(rs, Hkv, R, klo, khi, a.softcap, key_addr(a.kv, b, 0), a.kv.k_sh, a.kv.v_sh, nb);
+  attend_f32_fast_heads(rs, Hkv, R, klo, khi, a.softcap, key_addr(a.kv, b, 0), a.kv.k_sh, a.kv.v_sh, nb);
   for (int64_t h = 0; h < Hkv; ++h) write_head_rows<float>(p, rs, h * R, b, h, split);
 }
 
@@ -1249,14 +1456,14 @@ GE_INLINE void prefill_item(const PrefillPlan& p, int64_t item) {
     }
   };
   if constexpr (std::is_same<T, float>::value) {
-    if (attend_avx512_usable()) {
+    if (f32_block_step()) {
       KeyAddr ka;  // one "page" holding every key of the sequence
       ka.k = kbase;
       ka.v = vbase;
       ka.k_ss = a.k_st;
       ka.v_ss = a.v_st;
       ka.page_size = std::numeric_limits<int64_t>::max() / 2;
-      attend_f32_avx512(rs, klo, std::max(klo, khi), a.softcap, ka);
+      attend_f32_fast(rs, klo, std::max(klo, khi), a.softcap, ka);
     } else {
       attend<T>(rs, klo, std::max(klo, khi), a.softcap, fill);
     }
@@ -1353,7 +1560,9 @@ void rope_tokens_any(const RopeArgs& a, int64_t t0, int64_t t1) {
 
 }  // namespace
 
-bool attention_avx512_in_use() { return attend_avx512_usable(); }
+const char* attention_f32_core() {
+  return attend_avx512_usable() ? "avx512" : f32_block_step() ? "avx2" : nullptr;
+}
 
 const char* attention_prefetch_report() {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -1400,7 +1609,7 @@ void decode_attention(const DecodeArgs& a) {
   // (with software prefetch a single row per kv head streams its own rows faster: its arithmetic is
   // too short to cover walking every head's slot, 1.13-1.17x contiguous against 1.28-1.32x at
   // (8,32,32,2048,128) on Zen 4; where the hardware streams the walk, it takes it: single_row_heads)
-  const bool heads = (p.R >= 2 || g_prefetch.single_row_heads) && a.dtype == kFloat32 && a.kv.block_table != nullptr && attend_avx512_usable() &&
+  const bool heads = (p.R >= 2 || g_prefetch.single_row_heads) && a.dtype == kFloat32 && a.kv.block_table != nullptr && f32_block_step() &&
                      a.kv.k_sh == a.D && a.kv.v_sh == a.D && a.kv.k_ss == a.Hkv * a.D && a.kv.v_ss == a.Hkv * a.D;
   p.splits = a.num_splits > 0 ? a.num_splits : decode_default_splits(a.B, heads ? 1 : a.Hkv, max_keys);
   std::vector<float> ws;

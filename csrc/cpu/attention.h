@@ -8,10 +8,11 @@
 
 namespace ge {
 
-// float32 decode / prefill run the AVX-512 core (attention.cpp): the CPU has AVX-512 F/VL/BW/DQ and
-// GENENGINE_CPU_ISA does not ask for less
-bool attention_avx512_in_use();
-// the AVX-512 core's software-prefetch plan, e.g. "t0 (AMD family 1Ah or later)", "t2 (auto)", or a
+// the core float32 decode / prefill run (attention.cpp): "avx512" where the CPU has AVX-512 F/VL/BW/DQ,
+// else "avx2" where it has AVX2 and FMA (GENENGINE_CPU_ISA=avx2|baseline asks for less), else null
+// (the multiversioned loops)
+const char* attention_f32_core();
+// the AVX-512 and AVX2 cores' software-prefetch plan, e.g. "t0 (AMD family 1Ah or later)", "t2 (auto)", or a
 // level per read pattern on Intel (GENENGINE_ATTENTION_PREFETCH=t0|t2|off overrides the CPU's plan)
 const char* attention_prefetch_report();
 
