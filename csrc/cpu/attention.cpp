@@ -429,15 +429,16 @@ struct KeyAddr {
   const int32_t* bt = nullptr;
 };
 
+// keys per block of the AVX-512 core: K is read 32 KB (D = 128) in order, then V; with 16-key blocks
+// (8 KB) the alternation between the K and V streams cost ~20% of the streaming rate
+constexpr int kBK512 = 128;
+
 #if defined(__x86_64__) && defined(__GNUC__)
 // GCC 12 flags the deliberately undefined pass-through operand of its own AVX-512 intrinsics
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #define GE_A512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
 #define GE_A512_INLINE GE_A512 inline __attribute__((always_inline))
 
-// keys per block of the AVX-512 core: K is read 32 KB (D = 128) in order, then V; with 16-key blocks
-// (8 KB) the alternation between the K and V streams cost ~20% of the streaming rate
-constexpr int kBK512 = 128;
 constexpr int kSub = kBK512 / 16;
 
 
@@ -1190,6 +1191,11 @@ BlockStep f32_block_step() {
 #else
 using BlockStep = void*;
 BlockStep f32_block_step() { return nullptr; }
+bool attend_avx512_usable() { return false; }
+struct PrefetchPlan {
+  bool single_row_heads = false;
+};
+const PrefetchPlan g_prefetch;
 #endif
 
 // float32 through the AVX-512 or AVX2 core (f32_block_step() not null)
