@@ -429,7 +429,7 @@ struct KeyAddr {
   const int32_t* bt = nullptr;
 };
 
-// keys per block of the AVX-512 core: K is read 32 KB (D = 128) in order, then V; with 16-key blocks
+// keys per block of the AVX-512 and AVX2 cores: K is read 32 KB (D = 128) in order, then V; with 16-key blocks
 // (8 KB) the alternation between the K and V streams cost ~20% of the streaming rate
 constexpr int kBK512 = 128;
 
@@ -832,8 +832,8 @@ GE_INLINE void key_rows(const KeyAddr& ka, int64_t j0, int n, const float** kp, 
   }
 }
 
-// rows' softmax state before the first block
-GE_INLINE void attend512_init(const RowSet& rs) {
+// rows' softmax state before the first block (both float32 cores)
+GE_INLINE void core_rows_init(const RowSet& rs) {
   for (int64_t r = 0; r < rs.R; ++r) {
     rs.m[r] = kNegInf;
     rs.l[r] = 0.0f;
@@ -1097,7 +1097,7 @@ using BlockStep = void (*)(const RowSet&, int64_t, int, const float**, const flo
 
 // The online softmax of rs's rows over keys [klo, khi) of one kv head, a block at a time (step).
 void attend_f32_core(BlockStep step, const RowSet& rs, int64_t klo, int64_t khi, float softcap, const KeyAddr& ka) {
-  attend512_init(rs);
+  core_rows_init(rs);
   const float* rows[2][2][kBK512];  // [this block, the next][K, V][key]
   int cur = 0, n = int(std::min<int64_t>(kBK512, khi - klo));
   if (n > 0) key_rows(ka, klo, n, rows[0][0], rows[0][1]);
@@ -1141,7 +1141,7 @@ void attend_f32_core_heads(BlockStep step, const RowSet& rows, int64_t Hkv, int6
     v.hi += h * R;
     return v;
   };
-  for (int64_t h = 0; h < Hkv; ++h) attend512_init(head(h));
+  for (int64_t h = 0; h < Hkv; ++h) core_rows_init(head(h));
   const float* next_k[kBK512];
   const float* next_v[kBK512];
   for (int64_t j0 = klo; j0 < khi; j0 += nb) {
