@@ -933,10 +933,12 @@ GE_AVX2_INLINE v8f score_tile8(const float* qs, int64_t D, const float* const* k
   for (int64_t c = 0; c < nc; ++c) {
     v8f q[RT];
     for (int r = 0; r < RT; ++r) {
-      q[r] = load8(qs + r * D + 8 * c);
       // kept in a register: GCC otherwise folds the q load into each key's FMA (RT * KT loads a chunk
-      // instead of RT + KT); 4 x 2 tiles measured 9-10% faster per key at G = 4 and 8 (NOTES, twelfth session)
-      if (KT > 1) __asm__("" : "+x"(q[r]));
+      // instead of RT + KT); 4 x 2 tiles measured 10-13% faster per key at G = 4 and 8 (NOTES, twelfth
+      // session). Through a local: the barrier on q[r] itself left q in memory, stored every chunk.
+      v8f qr = load8(qs + r * D + 8 * c);
+      if (KT > 1) __asm__("" : "+x"(qr));
+      q[r] = qr;
     }
     for (int j = 0; j < KT; ++j) {
       const v8f kv = load8(kp[j] + 8 * c);
@@ -971,14 +973,14 @@ GE_AVX2_INLINE void value_tile8(float* acc, const float* p, const float* corr, c
     for (int c = 0; c < DC; ++c) store8(acc + r * D + off + 8 * c, a[r][c]);
 }
 
-// value_rows at 8 lanes: 16 keys at a time through every column tile, ra steps with the first tile
+// value_rows at 8 lanes: kg keys at a time through every column tile, ra steps with the first tile
 template <int RT>
 GE_AVX2_INLINE void value_rows8(float* acc, const float* p, const float* corr, const float* const* vp, int n, int64_t D,
-                                RowsAhead* ra, int base) {
+                                RowsAhead* ra, int base, int kg) {
   constexpr int DC = 8 / RT;  // RT * DC accumulators + RT broadcasts + 1 value of 16 registers
   const int64_t nc = D / 8;
-  for (int j0 = 0; j0 < n; j0 += 16) {
-    const int j1 = std::min(n, j0 + 16);
+  for (int j0 = 0; j0 < n; j0 += kg) {
+    const int j1 = std::min(n, j0 + kg);
     const float* cr = j0 == 0 ? corr : nullptr;
     RowsAhead* step = ra;
     int64_t c = 0;
@@ -1043,6 +1045,11 @@ GE_AVX2 void attend2_block(const RowSet& rs, int64_t j0, int n, const float** kp
   float corr[4];
   const int nsub = (n + 7) / 8;
   for (int j = n; j < 8 * nsub; ++j) kp[j] = vp[j] = g_zero_row;
+  // keys per value group: 16 where the block's V rows lie back to back, 8 where they are a stride
+  // apart (a paged slot, Hkv * D floats): 16 rows 4-16 KB apart share a few L1 sets, and a group's
+  // column tiles then ran 1.2-1.6x slower (hot, G = 2 and 4, NOTES twelfth session); 8 keys cost a
+  // contiguous cache 3-7% (more accumulator loads and stores)
+  const int kg = vp[1] == vp[0] + D ? 16 : 8;
   auto softmax = [&](int64_t r0, int r) __attribute__((always_inline)) {
     softmax_row8(rs, r0 + r, sc + kBK512 * r, nsub, int32_t(rs.lo[r0 + r] - j0),
                  int32_t(std::min<int64_t>(rs.hi[r0 + r], j0 + n) - j0), softcap, pbuf + kBK512 * r, corr[r]);
@@ -1068,7 +1075,7 @@ GE_AVX2 void attend2_block(const RowSet& rs, int64_t j0, int n, const float** kp
       store8(sc + 3 * kBK512 + 8 * u, __builtin_shuffle(a23, b23, second));
     }
     for (int r = 0; r < 4; ++r) softmax(r0, r);
-    value_rows8<4>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n);
+    value_rows8<4>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n, kg);
     step = nullptr;
   }
   for (; r0 + 2 <= R; r0 += 2) {  // ---- 2 rows: 2 x 4 keys, 2 x 32 floats
@@ -1082,7 +1089,7 @@ GE_AVX2 void attend2_block(const RowSet& rs, int64_t j0, int n, const float** kp
       store8(sc + kBK512 + 8 * u, __builtin_shuffle(a, b, v8i{4, 5, 6, 7, 12, 13, 14, 15}));
     }
     for (int r = 0; r < 2; ++r) softmax(r0, r);
-    value_rows8<2>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n);
+    value_rows8<2>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n, kg);
     step = nullptr;
   }
   for (; r0 < R; ++r0) {  // ---- a single row: 8 keys, 64 floats
@@ -1092,7 +1099,7 @@ GE_AVX2 void attend2_block(const RowSet& rs, int64_t j0, int n, const float** kp
       store8(sc + 8 * u, score_tile8<1, 8>(rs.qs + r0 * D, D, kp + 8 * u, nc));
     }
     softmax(r0, 0);
-    value_rows8<1>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n);
+    value_rows8<1>(rs.acc + r0 * D, pbuf, corr, vp, n, D, step, n, kg);
     step = nullptr;
   }
   ra.upto(2 * n);
