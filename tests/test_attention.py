@@ -5,7 +5,6 @@ genengine.reference.attention on fresh random odd shapes; unused cache slots hol
 past a length shows; bad input raises before any kernel runs."""
 
 import math
-import os
 import random
 
 import pytest
@@ -870,6 +869,7 @@ def test_gpu_triton_prefill_and_rope(dtype, gen):
 def test_core_cycles_harness_builds_and_paged_matches_contiguous(tmp_path):
     """benchmarks/attention_core_cycles.cpp (the C++ timing harness NOTES.md quotes) still builds
     against csrc/, and its paged and contiguous runs of the float32 core give the same outputs."""
+    import os
     import re
     import shutil
     import subprocess
