@@ -102,6 +102,16 @@ def output_path_problem(path):
     return None
 
 
+def _check_seed(parser, seed):
+    """--seed must be a torch seed (-2**63 to 2**64 - 1): checked before anything runs."""
+    import torch
+
+    try:
+        torch.Generator().manual_seed(seed)
+    except (ValueError, RuntimeError, OverflowError):
+        parser.error(f"--seed {seed}: outside the range of a torch seed (-2**63 to 2**64 - 1)")
+
+
 def _directory_problem(path):
     """None when `path` is (or can be made) a directory that files can be written in, else a one-line reason."""
     try:
@@ -252,6 +262,7 @@ def _demo(args, parser):
         return 0
     if args.family != "all" and args.family not in demos.DEMOS:
         parser.error(f"unknown family {args.family!r}; expected one of: {', '.join(demos.DEMOS)}, all, list")
+    _check_seed(parser, args.seed)
     problem = _directory_problem(args.out)  # before fitting anything
     if problem:
         parser.error(f"--out: {problem}")
@@ -305,10 +316,7 @@ def _sample(args, parser):
     problem = output_path_problem(args.out)  # before loading and sampling, which can take long
     if problem:
         parser.error(f"--out: {problem}")
-    try:
-        torch.Generator().manual_seed(args.seed)
-    except (ValueError, RuntimeError, OverflowError):
-        parser.error(f"--seed {args.seed}: outside the range of a torch seed (-2**63 to 2**64 - 1)")
+    _check_seed(parser, args.seed)
     try:
         networks = dict(_network_arg(spec) for spec in args.network)
     except (ValueError, ImportError, AttributeError, OSError, TypeError, SyntaxError) as e:

@@ -55,7 +55,8 @@ class _Ctx:
         self.scale = 3 if alone else 1  # `demo audio` / `demo video` alone may train longer than in the gallery
 
     def generator(self, salt=0):
-        return torch.Generator().manual_seed(self.seed * 1009 + salt)
+        # modulo 2**64, as manual_seed itself reduces a negative seed: no overflow for a large --seed
+        return torch.Generator().manual_seed((self.seed * 1009 + salt) % 2**64)
 
     def path(self, name):
         return os.path.join(self.out_dir, name)

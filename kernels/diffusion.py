@@ -107,7 +107,9 @@ def _sampler_step_kernel(
     else:
         p = c
 
-    x0 = kx * x + kp * p
+    # a zero coefficient drops its term (step.h's term): no 0 * inf = NaN from an input the
+    # sampler's formula does not read
+    x0 = tl.where(kx == 0.0, 0.0, kx * x) + kp * p
     if CLIP:
         x0 = tl.where(x0 < clip_lo, clip_lo, x0)
         x0 = tl.where(x0 > clip_hi, clip_hi, x0)
@@ -117,11 +119,11 @@ def _sampler_step_kernel(
         x0 = tl.where(x0 > s, s, x0)
         x0 = x0 / s
 
-    acc = ax * x + ap * p
-    acc = acc + a0 * x0
+    acc = tl.where(ax == 0.0, 0.0, ax * x) + tl.where(ap == 0.0, 0.0, ap * p)
+    acc = acc + tl.where(a0 == 0.0, 0.0, a0 * x0)
     if HAS_PREV:
         pv = _to_f32(tl.load(prev_ptr + offs, mask=mask, other=0.0))
-        acc = acc + aprev * pv
+        acc = acc + tl.where(aprev == 0.0, 0.0, aprev * pv)
     else:
         acc = acc + aprev * 0.0
     if HAS_NOISE:

@@ -53,7 +53,7 @@ def _keys(x_ptr, cond_ptr, uncond_ptr, gps_ptr, guidance, kx, kp, b, offs, mask,
             p = u + guidance * (c - u)
     else:
         p = c
-    x0 = kx * x + kp * p
+    x0 = tl.where(kx == 0.0, 0.0, kx * x) + kp * p  # as step.h's term
     key = x0.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     return tl.where(key > 0x7F800000, 0x7FFFFFFF, key)
 

@@ -257,6 +257,16 @@ def test_sample_seed_out_of_torch_range(tmp_path, capsys):
     assert "--seed" in capsys.readouterr().err
 
 
+def test_demo_seed_range(tmp_path, capsys):
+    # out of torch's range: a usage error before any fitting; the largest seed runs (the per-figure
+    # generators' seed * 1009 + salt wraps modulo 2**64, as manual_seed does for negatives)
+    assert _exit_code(["demo", "gmm", "--quick", "--out", str(tmp_path), "--seed", str(2**64)]) == 2
+    assert "--seed" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+    assert cli.main(["demo", "gmm", "--quick", "--out", str(tmp_path), "--seed", str(2**64 - 1), "--quiet"]) == 0
+    _png(tmp_path / "gmm.png")
+
+
 def test_sample_bad_arguments_print_the_sample_usage(tmp_path, capsys):
     path = _saved_gaussian(tmp_path)
     assert _exit_code(["sample", str(path), "-n", "0", "--out", str(tmp_path / "x.npy")]) == 2

@@ -384,8 +384,42 @@ def test_nan_model_output_propagates_through_clipping():
         assert torch.isnan(out[0, 0, 0, 0]) and not torch.isnan(out.flatten()[1:]).any(), backend
 
 
+# clipped steps whose output reads the prediction only through the clipped x0: an inf in the model's
+# output is clamped there, so the reference's output is finite everywhere
+CLIPPED_X0_ONLY = [c for c in CASES if "clip_x0" in c[1]] + [
+    ("ddpm_step", dict(alpha_bar_t=0.31, alpha_bar_prev=0.52, clip_x0=1.0), {}),
+    ("ddpm_step", dict(alpha_bar_t=0.31, alpha_bar_prev=0.52, prediction="v", clip_x0=(-0.5, 2.0)), {}),
+]
+
+
+def _check_inf_prediction(op, kw, extra, backend, gen, device="cpu"):
+    shape = (3, 2, 5, 7)
+    tensors = _inputs(shape, torch.float32, gen, device=device, guided=True, prev=extra.get("prev", False))
+    tensors["model_out"][0, 0, 0, 0] = float("inf")
+    tensors["model_out"][2, 1, 4, 6] = -float("inf")
+    outs = _run_op(op, tensors, kw, backend, generator=torch.Generator().manual_seed(5))
+    noise = _noise_for(5, shape) if _is_stochastic(op, kw) else None
+    want = _reference(op, tensors, kw, noise=noise)[0]
+    assert torch.isfinite(want).all()  # the case is one the formula clamps
+    _assert_close(outs[0], want, torch.float32, f"{op} {kw} with an inf prediction [{backend}]")
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("op,kw,extra", CLIPPED_X0_ONLY, ids=[f"{c[0]}-{i}" for i, c in enumerate(CLIPPED_X0_ONLY)])
+def test_inf_model_output_is_clamped_where_the_step_reads_only_x0(op, kw, extra, backend, gen):
+    # the fused form's coefficient of the prediction is 0 here; 0 * inf must not make the output NaN
+    _check_inf_prediction(op, kw, extra, backend, gen)
+
+
 # ----------------------------------------------------------------------------------------------
 # GPU (pytest -m gpu on a CUDA machine)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("op,kw,extra", CLIPPED_X0_ONLY, ids=[f"{c[0]}-{i}" for i, c in enumerate(CLIPPED_X0_ONLY)])
+def test_gpu_inf_model_output_is_clamped_where_the_step_reads_only_x0(op, kw, extra, backend, gen):
+    _check_inf_prediction(op, kw, extra, backend, gen, device="cuda")
 
 
 @pytest.mark.gpu

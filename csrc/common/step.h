@@ -32,8 +32,13 @@ GE_HD float clamp_keep_nan(float v, float lo, float hi) {
 
 GE_HD float guided(float cond, float uncond, float w) { return uncond + w * (cond - uncond); }
 
+// a * v, where a zero coefficient drops its term: a sampler formula that does not use v (DDPM's
+// posterior mean reads only the clipped x0, not p; an x0 prediction's x0 does not read x) must not
+// turn an inf in v into 0 * inf = NaN. A NaN coefficient still gives NaN.
+GE_HD float term(float a, float v) { return a == 0.0f ? 0.0f : a * v; }
+
 GE_HD float predicted_x0(const StepCoefs& k, float x, float p) {
-  const float x0 = k.kx * x + k.kp * p;
+  const float x0 = term(k.kx, x) + k.kp * p;
   return k.clip ? clamp_keep_nan(x0, k.clip_lo, k.clip_hi) : x0;
 }
 
@@ -41,7 +46,7 @@ GE_HD float predicted_x0(const StepCoefs& k, float x, float p) {
 // holds a NaN, which then spreads to the whole sample, as torch.quantile does). A true division,
 // not a multiply by 1/s, so that every backend rounds the same way.
 GE_HD float thresholded_x0(const StepCoefs& k, float x, float p, float s) {
-  return clamp_keep_nan(k.kx * x + k.kp * p, -s, s) / s;
+  return clamp_keep_nan(term(k.kx, x) + k.kp * p, -s, s) / s;
 }
 
 // Sort key of |v| for the per-sample selection: the bits of a non-negative float grow with its
@@ -67,7 +72,7 @@ GE_HD float threshold_from_order_stats(float lo, float hi, float frac, float max
 }
 
 GE_HD float step_update(const StepCoefs& k, float x, float p, float x0, float prev, float z) {
-  return k.ax * x + k.ap * p + k.a0 * x0 + k.aprev * prev + k.anoise * z;
+  return term(k.ax, x) + term(k.ap, p) + term(k.a0, x0) + term(k.aprev, prev) + k.anoise * z;
 }
 
 }  // namespace ge

@@ -53,10 +53,10 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
       if constexpr (UNCOND) o = o + cu * to_float(uncond[i]);
     } else {
       const float p = UNCOND ? guided(cv, to_float(uncond[i]), w) : cv;
-      float x0 = clamp_keep_nan(k.kx * xv + k.kp * p, lo, hi);
+      float x0 = clamp_keep_nan(term(k.kx, xv) + k.kp * p, lo, hi);
       if constexpr (THRESH) x0 = x0 / s;  // = thresholded_x0 (step.h)
-      o = k.ax * xv + k.ap * p + k.a0 * x0;
-      if constexpr (PREV) o = o + k.aprev * to_float(prev[i]);
+      o = term(k.ax, xv) + term(k.ap, p) + term(k.a0, x0);  // as step_update (step.h)
+      if constexpr (PREV) o = o + term(k.aprev, to_float(prev[i]));
       if constexpr (WRITE_X0) x0_out[i] = from_float<T>(x0);
     }
     if constexpr (NOISE) o = o + k.anoise * z;

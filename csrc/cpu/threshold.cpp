@@ -47,7 +47,7 @@ inline __attribute__((always_inline)) void keys_block(const ThresholdArgs& a, in
     const float xv = to_float(x[i0 + j]);
     const float cv = to_float(cond[i0 + j]);
     const float p = UNCOND ? guided(cv, to_float(uncond[i0 + j]), w) : cv;
-    keys[j] = abs_key(k.kx * xv + k.kp * p);  // predicted_x0 without clipping, as in step_segment
+    keys[j] = abs_key(term(k.kx, xv) + k.kp * p);  // predicted_x0 without clipping, as in step_segment
   }
 }
 

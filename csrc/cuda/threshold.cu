@@ -109,7 +109,7 @@ __global__ void __launch_bounds__(kSelectThreads) select_pass_kernel(const Selec
   for (int64_t i = int64_t(blockIdx.x) * kSelectThreads + threadIdx.x; i < p.inner; i += stride) {
     const float xv = to_float(x[i]), cv = to_float(cond[i]);
     const float pv = kUncond ? guided(cv, to_float(uncond[i]), w) : cv;
-    const uint32_t key = abs_key(p.k.kx * xv + p.k.kp * pv);  // as predicted_x0 in the step kernel
+    const uint32_t key = abs_key(term(p.k.kx, xv) + p.k.kp * pv);  // as predicted_x0 in the step kernel
     if (pass == 0) {
       atomicAdd(&sh[0][key >> 20], 1u);
     } else {
