@@ -337,7 +337,7 @@ GE_INLINE bool block_softmax(const RowSet& rs, int64_t r, v8f s0, v8f s1, int32_
   const float mnew = mb != mb ? mb : mb > mold ? mb : mold;  // a NaN score makes the row NaN from here on
   if (mnew == kNegInf) return false;
   const v8f p0 = exp2v(s0 - mnew), p1 = exp2v(s1 - mnew);
-  corr = std::exp2(mold - mnew);
+  corr = mold == mnew ? 1.0f : std::exp2(mold - mnew);  // exp2(0) = 1: no libm call once the max settles
   rs.l[r] = rs.l[r] * corr + hsum(p0 + p1);
   rs.m[r] = mnew;
   store8(p, p0);
@@ -669,6 +669,14 @@ GE_A512_INLINE void value_tile(float* acc, const float* p, const float* corr, co
     }
 }
 
+// whether every row's rescale is exactly 1 (its running max unchanged): the value tiles then skip
+// the accumulators' multiply, which a short block (the paged all-heads walk's 16 keys) notices
+GE_INLINE bool all_one(const float* corr, int n) {
+  bool one = true;
+  for (int r = 0; r < n; ++r) one &= corr[r] == 1.0f;
+  return one;
+}
+
 // acc rows (RT of them) = acc * corr + p v over keys [0, n), 16 keys at a time through every column
 // tile, so that a key's row is read while it is still in L1; ra (or null) steps with the first tile
 template <int RT>
@@ -679,7 +687,7 @@ GE_A512_INLINE void value_rows(float* acc, const float* p, const float* corr, co
   const bool half = D % 16 != 0;
   for (int j0 = 0; j0 < n; j0 += 16) {
     const int j1 = std::min(n, j0 + 16);
-    const float* cr = j0 == 0 ? corr : nullptr;
+    const float* cr = j0 == 0 && !all_one(corr, RT) ? corr : nullptr;
     RowsAhead* step = ra;
     int64_t c = 0;
     for (; c + DC <= nc; c += DC, step = nullptr)
@@ -745,7 +753,7 @@ GE_A512_INLINE void softmax_block(const RowSet& rs, int64_t r, __m512* s, int ns
     sum = _mm512_add_ps(sum, e);
     _mm512_store_ps(p + 16 * u, e);
   }
-  corr = std::exp2(mold - mnew);
+  corr = mold == mnew ? 1.0f : std::exp2(mold - mnew);  // exp2(0) = 1: no libm call once the max settles
   rs.l[r] = rs.l[r] * corr + _mm512_reduce_add_ps(sum);
   rs.m[r] = mnew;
 }
@@ -981,7 +989,7 @@ GE_AVX2_INLINE void value_rows8(float* acc, const float* p, const float* corr, c
   const int64_t nc = D / 8;
   for (int j0 = 0; j0 < n; j0 += kg) {
     const int j1 = std::min(n, j0 + kg);
-    const float* cr = j0 == 0 ? corr : nullptr;
+    const float* cr = j0 == 0 && !all_one(corr, RT) ? corr : nullptr;
     RowsAhead* step = ra;
     int64_t c = 0;
     for (; c + DC <= nc; c += DC, step = nullptr) value_tile8<RT, DC>(acc, p, cr, vp, j0, j1, D, 8 * c, step, base);
@@ -1016,8 +1024,7 @@ GE_AVX2_INLINE void softmax_row8(const RowSet& rs, int64_t r, float* s, int nsub
     store8(s + 8 * u, x);
   }
   float mb = hmax(mx);
-  for (int j = 0; j < 8; ++j)
-    if (nan[j]) mb = std::numeric_limits<float>::quiet_NaN();
+  if (_mm256_movemask_ps((__m256)nan)) mb = std::numeric_limits<float>::quiet_NaN();
   const float mold = rs.m[r];
   const float mnew = mb != mb ? mb : mb > mold ? mb : mold;
   if (mnew == kNegInf) {
@@ -1031,7 +1038,7 @@ GE_AVX2_INLINE void softmax_row8(const RowSet& rs, int64_t r, float* s, int nsub
     sum += e;
     store8(p + 8 * u, e);
   }
-  corr = std::exp2(mold - mnew);
+  corr = mold == mnew ? 1.0f : std::exp2(mold - mnew);  // exp2(0) = 1: no libm call once the max settles
   rs.l[r] = rs.l[r] * corr + hsum(sum);
   rs.m[r] = mnew;
 }
