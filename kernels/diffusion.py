@@ -67,6 +67,13 @@ def _from_f32(v, dtype: tl.constexpr):
         return v.to(dtype)
 
 
+@triton.jit
+def _term(a, v):
+    # a * v, where a zero coefficient drops its term (step.h's term): no 0 * inf = NaN from an input
+    # the sampler's formula does not read
+    return tl.where(a == 0.0, 0.0, a * v)
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "off_lo", "off_hi"])
 def _sampler_step_kernel(
     out_ptr, x0_ptr, x_ptr, cond_ptr, uncond_ptr, prev_ptr, gps_ptr, thr_ptr, key_ptr, dup_ptr,
@@ -107,9 +114,7 @@ def _sampler_step_kernel(
     else:
         p = c
 
-    # a zero coefficient drops its term (step.h's term): no 0 * inf = NaN from an input the
-    # sampler's formula does not read
-    x0 = tl.where(kx == 0.0, 0.0, kx * x) + kp * p
+    x0 = _term(kx, x) + kp * p
     if CLIP:
         x0 = tl.where(x0 < clip_lo, clip_lo, x0)
         x0 = tl.where(x0 > clip_hi, clip_hi, x0)
@@ -119,11 +124,11 @@ def _sampler_step_kernel(
         x0 = tl.where(x0 > s, s, x0)
         x0 = x0 / s
 
-    acc = tl.where(ax == 0.0, 0.0, ax * x) + tl.where(ap == 0.0, 0.0, ap * p)
-    acc = acc + tl.where(a0 == 0.0, 0.0, a0 * x0)
+    acc = _term(ax, x) + _term(ap, p)
+    acc = acc + _term(a0, x0)
     if HAS_PREV:
         pv = _to_f32(tl.load(prev_ptr + offs, mask=mask, other=0.0))
-        acc = acc + tl.where(aprev == 0.0, 0.0, aprev * pv)
+        acc = acc + _term(aprev, pv)
     else:
         acc = acc + aprev * 0.0
     if HAS_NOISE:

@@ -319,7 +319,7 @@ def _thresholds(name, step, x, cond, uncond, w, w_per_sample):
             u = uncond.to(ct)
             wt = w_per_sample.to(ct).reshape((-1,) + (1,) * (x.dim() - 1)) if w_per_sample is not None else w
             p = u + wt * (p - u)
-        x0 = _term(step.kx, xf) + step.kp * p
+        x0 = _affine((step.kx, xf), (step.kp, p))
         return torch.quantile(x0.abs().reshape(batch, -1), ratio, dim=1).clamp(1.0, max_value)
     if inner >= 2**31:
         raise ValueError(f"dynamic_threshold: samples of up to 2^31 - 1 elements on the {name} backend, got {inner}")
@@ -386,11 +386,15 @@ def _launch(name, step, x, cond, uncond, prev, w, w_per_sample, seed, offset, ou
     return out, x0
 
 
-def _term(a, t):
-    """a * t, where a zero coefficient drops its term (csrc/common/step.h's term): an inf in an input
-    the sampler's formula does not read (DDPM's mean reads the clipped x0, not the prediction) must
-    not become 0 * inf = NaN."""
-    return a * t if a != 0.0 else torch.zeros_like(t)
+def _affine(*terms):
+    """sum of a * t over (a, t) pairs, left to right, where a zero coefficient drops its term
+    (csrc/common/step.h's term): an inf in an input the sampler's formula does not read (DDPM's
+    mean reads the clipped x0, not the prediction) must not become 0 * inf = NaN."""
+    r = None
+    for a, t in terms:
+        if a != 0.0:
+            r = a * t if r is None else r + a * t
+    return r if r is not None else torch.zeros_like(terms[0][1])
 
 
 def _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out, x0_out, thr=None):
@@ -402,15 +406,15 @@ def _torch_step(step, x, cond, uncond, prev, w, w_per_sample, seed, offset, out,
         u = uncond.to(ct)
         wt = w_per_sample.to(ct).reshape(shape) if w_per_sample is not None else w
         p = u + wt * (p - u)
-    x0 = _term(step.kx, xf) + step.kp * p
+    x0 = _affine((step.kx, xf), (step.kp, p))
     if step.clip:
         x0 = x0.clamp(step.lo, step.hi)
     if thr is not None:
         s = thr.to(ct).reshape(shape)
         x0 = torch.clamp(x0, -s, s) / s
-    r = _term(step.ax, xf) + _term(step.ap, p) + _term(step.a0, x0)
+    r = _affine((step.ax, xf), (step.ap, p), (step.a0, x0))
     if prev is not None and step.uses_prev:
-        r = r + _term(step.aprev, prev.to(ct))
+        r = r + step.aprev * prev.to(ct)  # uses_prev: aprev != 0
     if step.anoise != 0.0:
         z = rng.ref.philox_stream("normal", x.numel(), seed, offset, device=x.device, dtype=ct).reshape(x.shape)
         r = r + step.anoise * z
