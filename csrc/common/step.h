@@ -37,6 +37,21 @@ GE_HD float guided(float cond, float uncond, float w) { return uncond + w * (con
 // turn an inf in v into 0 * inf = NaN. A NaN coefficient still gives NaN.
 GE_HD float term(float a, float v) { return a == 0.0f ? 0.0f : a * v; }
 
+// term(a, .) for a loop over elements: the zero test made once, as a bit mask on the product
+// (kDrop; else a plain product, for loops whose coefficients are all nonzero). GCC leaves a loop
+// holding several invariant selects scalar ("control flow in loop"): the CPU step with an x0 term
+// ran 3-4x slower with term() in its loop.
+template <bool kDrop>
+struct LoopTerm {
+  float a;
+  uint32_t keep;  // all ones, or 0 for a zero coefficient
+  GE_HD explicit LoopTerm(float coef) : a(coef), keep(coef == 0.0f ? 0u : 0xFFFFFFFFu) {}
+  GE_HD float operator()(float v) const {
+    if constexpr (kDrop) return bits_to_float(float_to_bits(a * v) & keep);
+    return a * v;
+  }
+};
+
 GE_HD float predicted_x0(const StepCoefs& k, float x, float p) {
   const float x0 = term(k.kx, x) + k.kp * p;
   return k.clip ? clamp_keep_nan(x0, k.clip_lo, k.clip_hi) : x0;

@@ -29,7 +29,7 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 14;  // elements per parallel chunk (a multiple of 4)
 
-template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH, bool DUP>
+template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH, bool DUP, int ZEROS>
 inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64_t i0, int64_t i1, float w, float s) {
   const T* __restrict x = static_cast<const T*>(a.x);
   const T* __restrict cond = static_cast<const T*>(a.cond);
@@ -43,6 +43,10 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
   const float cc = UNCOND ? k.ap * w : k.ap, cu = k.ap * (1.0f - w);
   const float inf = std::numeric_limits<float>::infinity();
   const float lo = THRESH ? -s : (k.clip ? k.clip_lo : -inf), hi = THRESH ? s : (k.clip ? k.clip_hi : inf);
+  // step.h's term()s: ZEROS 0, no coefficient is zero; 1, only ap (DDPM's posterior mean, DPM-Solver++
+  // from an eps or v prediction), whose term is then left out; 2, any others, masked
+  constexpr bool kMask = ZEROS == 2;
+  const LoopTerm<kMask> tkx(k.kx), tax(k.ax), tap(k.ap), ta0(k.a0), taprev(k.aprev);
 
   auto element = [&](int64_t i, float z) __attribute__((always_inline)) {
     const float xv = to_float(x[i]);
@@ -53,10 +57,10 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
       if constexpr (UNCOND) o = o + cu * to_float(uncond[i]);
     } else {
       const float p = UNCOND ? guided(cv, to_float(uncond[i]), w) : cv;
-      float x0 = clamp_keep_nan(term(k.kx, xv) + k.kp * p, lo, hi);
+      float x0 = clamp_keep_nan(tkx(xv) + k.kp * p, lo, hi);
       if constexpr (THRESH) x0 = x0 / s;  // = thresholded_x0 (step.h)
-      o = term(k.ax, xv) + term(k.ap, p) + term(k.a0, x0);  // as step_update (step.h)
-      if constexpr (PREV) o = o + term(k.aprev, to_float(prev[i]));
+      o = ZEROS == 1 ? tax(xv) + ta0(x0) : tax(xv) + tap(p) + ta0(x0);  // as step_update (step.h)
+      if constexpr (PREV) o = o + taprev(to_float(prev[i]));
       if constexpr (WRITE_X0) x0_out[i] = from_float<T>(x0);
     }
     if constexpr (NOISE) o = o + k.anoise * z;
@@ -84,17 +88,27 @@ inline __attribute__((always_inline)) void step_segment(const StepArgs& a, int64
 
 template <typename T, bool UNCOND, bool X0, bool PREV, bool NOISE, bool WRITE_X0, bool THRESH, bool DUP>
 inline __attribute__((always_inline)) void step_range(const StepArgs& a, int64_t begin, int64_t end) {
+  // a zero coefficient of the x0 form drops its term (step.h's term()); the loop that does so
+  // without masking when ap is the only zero, the masked one for any other
+  const StepCoefs& k = a.k;
+  const bool others_zero = k.kx == 0.0f || k.ax == 0.0f || k.a0 == 0.0f || (PREV && k.aprev == 0.0f);
+  const int zeros = !X0 ? 0 : others_zero ? 2 : k.ap == 0.0f ? 1 : 0;
+  auto segment = [&](int64_t i, int64_t e, float w, float s) __attribute__((always_inline)) {
+    if constexpr (X0) {
+      if (zeros == 1) return step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH, DUP, 1>(a, i, e, w, s);
+      if (zeros == 2) return step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH, DUP, 2>(a, i, e, w, s);
+    }
+    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH, DUP, 0>(a, i, e, w, s);
+  };
   const bool per_sample_w = UNCOND && a.guidance_per_sample;
   if (!per_sample_w && !THRESH) {
-    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH, DUP>(a, begin, end, a.guidance, 1.0f);
+    segment(begin, end, a.guidance, 1.0f);
     return;
   }
   for (int64_t i = begin; i < end;) {  // one segment per sample: weight and threshold are loop constants
     const int64_t b = i / a.inner;
     const int64_t seg_end = std::min(end, (b + 1) * a.inner);
-    step_segment<T, UNCOND, X0, PREV, NOISE, WRITE_X0, THRESH, DUP>(a, i, seg_end,
-                                                                    per_sample_w ? a.guidance_per_sample[b] : a.guidance,
-                                                                    THRESH ? a.thresholds[b] : 1.0f);
+    segment(i, seg_end, per_sample_w ? a.guidance_per_sample[b] : a.guidance, THRESH ? a.thresholds[b] : 1.0f);
     i = seg_end;
   }
 }

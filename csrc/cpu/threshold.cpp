@@ -40,14 +40,13 @@ inline __attribute__((always_inline)) void keys_block(const ThresholdArgs& a, in
   const T* __restrict x = static_cast<const T*>(a.x);
   const T* __restrict cond = static_cast<const T*>(a.cond);
   const T* __restrict uncond = static_cast<const T*>(a.uncond);
-  StepCoefs k{};
-  k.kx = a.kx;
-  k.kp = a.kp;
+  const LoopTerm<true> tkx(a.kx);
+  const float kp = a.kp;
   for (int j = 0; j < len; ++j) {
     const float xv = to_float(x[i0 + j]);
     const float cv = to_float(cond[i0 + j]);
     const float p = UNCOND ? guided(cv, to_float(uncond[i0 + j]), w) : cv;
-    keys[j] = abs_key(term(k.kx, xv) + k.kp * p);  // predicted_x0 without clipping, as in step_segment
+    keys[j] = abs_key(tkx(xv) + kp * p);  // predicted_x0 without clipping, as in step_segment
   }
 }
 
