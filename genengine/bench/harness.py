@@ -88,7 +88,9 @@ def interleave(candidates, device, budget_s, *, min_samples=5, warmup_s=None, la
             times.append(_wall(fn, device))
         est.append(max(statistics.median(times[1:]), 1e-7))
     cuda_batch = device.type == "cuda" and not latency
-    slot = min(max(max(est), 2e-3 if cuda_batch else 2e-4), 20e-3)
+    # with a settle pause, blocks of ~20 ms: a pause per block of a tiny op's few calls once made
+    # the rounds, and so the untimed sleeps, run for minutes (8 of the gibbs bench's 9 at 1x16)
+    slot = min(max(max(est), 2e-3 if cuda_batch else 2e-4, 20e-3 if settle_s > 0 else 0.0), 20e-3)
     reps = [max(1, int(slot / e)) for e in est]
     samples = [[] for _ in fns]
     gc_was_enabled = gc.isenabled()
